@@ -1,0 +1,24 @@
+"""The one `biomedsearch` command. Each module registers thin subcommands that build the
+Settings and call ``training`` / ``indexer`` / ``app`` functions."""
+
+from __future__ import annotations
+
+from app.cli import (  # noqa: F401  (importing registers the subcommands)
+    catalogue_cmds,
+    db_cmds,
+    index_cmds,
+    service_cmds,
+    training_cmds,
+)
+from app.cli.base import cli
+from app.cli.db_cmds import db
+
+cli.add_typer(db, name="db")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,45 @@
+"""The root `biomedsearch` Typer application and what every subcommand shares."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+from app.config import Settings
+
+cli = typer.Typer(
+    name="biomedsearch",
+    help="Semantic search over the figures of biomedical research articles.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the Settings once for this command (environment + ``.env`` + explicit overrides).
+
+    ``None`` overrides are ignored so that CLI options only replace what the user gave.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**given)  # type: ignore[arg-type]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``message`` as an error and exit with ``code`` (no traceback)."""
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log warnings (or everything with ``--verbose``) to stderr."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,136 @@
+"""The one home of BiomedSearch configuration.
+
+Every setting is read from the environment with the prefix ``BIOMEDSEARCH_`` (or from a ``.env``
+file in the working directory), once, at an entry point: the ``biomedsearch`` CLI or
+``create_app(settings)``. Library code in ``indexer`` and ``training`` never reads the environment;
+it receives plain arguments derived from a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service, indexer and CLI settings (env prefix ``BIOMEDSEARCH_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BIOMEDSEARCH_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # --- storage -------------------------------------------------------------------------------
+    data_home: Path = Field(Path("./data"), description="Root of everything the service writes.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: a SQLite file `catalogue.db` in the data home."
+    )
+
+    # --- encoder ---------------------------------------------------------------------------------
+    model: str | None = Field(
+        None,
+        description="Encoder spec: `local-dir:PATH`, a plain path or `hf-hub:NAME`; "
+        "default: the newest model under `<data_home>/models/` (see `default_model_spec`).",
+    )
+    device: str = Field("auto", description="`auto` (GPU when present), `cpu`, `cuda` or `cuda:N`.")
+    encode_batch_size: int = Field(64, ge=1, le=4096)
+    text_model: str | None = Field(
+        None,
+        description="Sentence encoder for the caption channel of hybrid search (a local folder "
+        "or `minilm` for the bundled all-MiniLM-L6-v2); default: the CLIP text tower only.",
+    )
+
+    # --- ingestion ---------------------------------------------------------------------------------
+    max_image_pixels: int = Field(60_000_000, ge=1, description="Decompression-bomb guard per image.")
+    max_archive_members: int = Field(20_000, ge=1)
+    max_archive_bytes: int = Field(2 * 1024**3, ge=1, description="Total unpacked bytes per package.")
+    max_member_bytes: int = Field(512 * 1024**2, ge=1, description="Largest single archive member.")
+    thumbnail_size: int = Field(320, ge=32, le=2048)
+
+    # --- PMC OA client -----------------------------------------------------------------------------
+    pmc_oa_url: str = Field("https://www.ncbi.nlm.nih.gov/pmc/utils/oa/oa.fcgi")
+    pmc_file_list_url: str = Field("https://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_file_list.csv")
+    pmc_requests_per_second: float = Field(3.0, gt=0, le=10)
+    pmc_retries: int = Field(5, ge=0, le=20)
+    pmc_timeout_s: float = Field(60.0, gt=0)
+
+    # --- vector index --------------------------------------------------------------------------------
+    exact_index_max: int = Field(
+        50_000, ge=1, description="Up to this many vectors the index is exact (flat inner product)."
+    )
+    recall_target: float = Field(0.95, gt=0, le=1, description="Recall@10 vs exact for ANN tuning.")
+    retrain_growth: float = Field(
+        2.0, gt=1, description="Retrain an approximate index once it grew by this factor."
+    )
+    use_gpu: bool = Field(True, description="Use faiss GPUs when faiss-gpu and a GPU are present.")
+
+    # --- service -----------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: SecretStr | None = Field(None, description="Required by write endpoints when set.")
+    read_api_key: SecretStr | None = Field(None, description="When set, reads need a key too.")
+    max_upload_bytes: int = Field(200 * 1024**2, ge=1)
+    max_query_chars: int = Field(1000, ge=1, le=100_000)
+    query_cache_size: int = Field(1024, ge=0)
+    cors_origins: list[str] = Field(default_factory=list, description="Closed by default.")
+    run_worker: bool = Field(True, description="Run the re-index worker inside the API process.")
+    worker_poll_s: float = Field(1.0, gt=0)
+    job_stale_s: float = Field(60.0, gt=0, description="A running job silent this long is re-queued.")
+    job_max_attempts: int = Field(3, ge=1, description="Claims per job before it is marked failed.")
+    index_poll_s: float = Field(2.0, gt=0, description="How often the service looks for a new index.")
+
+    # --- hybrid ranking ------------------------------------------------------------------------------
+    search_mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    weight_lexical: float = Field(1.0, ge=0)
+    weight_image: float = Field(0.5, ge=0)
+    weight_caption: float = Field(1.0, ge=0)
+    rrf_k: int = Field(60, ge=1)
+
+    @field_validator("data_home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL in use: ``database_url`` or a SQLite file in the data home."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_home / 'catalogue.db'}"
+
+    @property
+    def media_dir(self) -> Path:
+        """Content-addressed image store (``<data_home>/media``)."""
+        return self.data_home / "media"
+
+    @property
+    def index_dir(self) -> Path:
+        """Where FAISS index versions and their pointers live (``<data_home>/indexes``)."""
+        return self.data_home / "indexes"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where trained and exported encoders live (``<data_home>/models``)."""
+        return self.data_home / "models"
+
+    @property
+    def downloads_dir(self) -> Path:
+        """Where fetched PMC packages land (``<data_home>/downloads``)."""
+        return self.data_home / "downloads"
+
+    def default_model_spec(self) -> str | None:
+        """The encoder spec to use: ``model`` when set, else the newest export in ``models_dir``.
+
+        Returns None when neither exists.
+        """
+        if self.model:
+            return self.model
+        if not self.models_dir.is_dir():
+            return None
+        exports = [p.parent for p in self.models_dir.glob("*/open_clip_config.json")]
+        if not exports:
+            return None
+        newest = max(exports, key=lambda p: (p / "open_clip_config.json").stat().st_mtime)
+        return f"local-dir:{newest}"

@@ -1,0 +1,228 @@
+"""The figure catalogue: SQLAlchemy 2 models and the engine / session factory.
+
+The schema is created and upgraded only through Alembic migrations (``indexer/migrations``); call
+:func:`migrate` (the CLI and ``create_app`` do) before opening sessions on a new database.
+
+Tables:
+
+- ``articles``: one row per article (PMC package, JATS file or JSONL manifest source).
+- ``figures``: one row per figure image (a ``<fig>`` with two graphics gives two rows sharing the
+  caption) or per caption-only figure (no image file found).
+- ``embeddings``: one float32 vector per (figure, model, kind) where kind is ``image`` or ``caption``.
+- ``index_versions``: every published FAISS index version and what it holds.
+- ``jobs``: durable re-index jobs (the service's queue).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC (what every timestamp column stores)."""
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every catalogue table."""
+
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}  # noqa: RUF012
+
+
+class Article(Base):
+    """An article: its identifiers, bibliographic metadata and where it came from."""
+
+    __tablename__ = "articles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Stable identity used for idempotent re-ingest: "pmcid:PMC123", "doi:10.x/y", "pmid:1",
+    # "file:<xml stem>" or "manifest:<name>" (first that exists, in that order).
+    key: Mapped[str] = mapped_column(String(300), unique=True)
+    pmcid: Mapped[str | None] = mapped_column(String(32), index=True)
+    pmid: Mapped[str | None] = mapped_column(String(32), index=True)
+    doi: Mapped[str | None] = mapped_column(String(300), index=True)
+    title: Mapped[str | None] = mapped_column(Text)
+    journal: Mapped[str | None] = mapped_column(String(500), index=True)
+    year: Mapped[int | None] = mapped_column(Integer, index=True)
+    license: Mapped[str | None] = mapped_column(String(200), index=True)
+    license_url: Mapped[str | None] = mapped_column(String(500))
+    lang: Mapped[str | None] = mapped_column(String(16))
+    article_type: Mapped[str | None] = mapped_column(String(100))
+    source: Mapped[str | None] = mapped_column(Text)  # file name or URL it was ingested from
+    # sha256 of the source XML (or manifest lines): same hash -> nothing to do on re-ingest.
+    content_hash: Mapped[str] = mapped_column(String(64))
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    figures: Mapped[list[Figure]] = relationship(
+        back_populates="article", cascade="all, delete-orphan", order_by="Figure.position"
+    )
+
+
+class Figure(Base):
+    """One figure image (or one caption-only figure) with its caption and stored media."""
+
+    __tablename__ = "figures"
+    __table_args__ = (UniqueConstraint("article_id", "key", name="uq_figures_article_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), index=True)
+    # Unique inside the article: "<fig id or fig-N>/<graphic index>" (or the manifest line id).
+    key: Mapped[str] = mapped_column(String(300))
+    fig_id: Mapped[str | None] = mapped_column(String(200))  # the XML @id, when it has one
+    position: Mapped[int] = mapped_column(Integer, default=0)  # order inside the article
+    label: Mapped[str | None] = mapped_column(String(200))
+    caption_title: Mapped[str | None] = mapped_column(Text)
+    caption: Mapped[str] = mapped_column(Text, default="")  # title + paragraphs, clean text
+    mentions: Mapped[list[Any]] = mapped_column(JSON, default=list)  # body sentences citing it
+    section: Mapped[str | None] = mapped_column(String(100))  # body / boxed-text / app / supplementary
+    graphic_href: Mapped[str | None] = mapped_column(Text)
+    image_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    image_path: Mapped[str | None] = mapped_column(Text)  # relative to the data home
+    thumb_path: Mapped[str | None] = mapped_column(Text)  # relative to the data home
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    skip_reason: Mapped[str | None] = mapped_column(Text)  # why no image is stored, if none
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    article: Mapped[Article] = relationship(back_populates="figures")
+
+
+class Embedding(Base):
+    """A stored float32 vector for one figure under one model (kind: ``image`` or ``caption``)."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = (
+        UniqueConstraint("figure_id", "model_id", "kind", name="uq_embeddings_figure_model_kind"),
+        Index("ix_embeddings_model_kind_id", "model_id", "kind", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    figure_id: Mapped[int] = mapped_column(ForeignKey("figures.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # little-endian float32, L2-normalised
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IndexVersion(Base):
+    """One published FAISS index file for (model, kind) and what it holds."""
+
+    __tablename__ = "index_versions"
+    __table_args__ = (UniqueConstraint("model_id", "kind", "version", name="uq_index_versions"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)  # relative to the index directory
+    index_type: Mapped[str] = mapped_column(String(100))
+    ntotal: Mapped[int] = mapped_column(Integer)
+    # Highest embeddings.id folded into this version and a checksum of the figure ids it holds.
+    max_embedding_id: Mapped[int] = mapped_column(Integer, default=0)
+    ids_digest: Mapped[str] = mapped_column(String(64), default="")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """A durable background job (ingest uploads / fetch PMCIDs, embed, publish)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_id", "state", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # "ingest" | "fetch" | "reindex"
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued/running/done/failed
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
+    stage: Mapped[str | None] = mapped_column(String(64))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    errors: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """Create an engine for ``url``.
+
+    SQLite files get their parent directory created, WAL journaling (readers never block the
+    writer), foreign keys on and a busy timeout, so the API and a worker can share one file.
+    """
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory whose objects stay usable after commit (``expire_on_commit=False``)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A transaction: commits on success, rolls back and re-raises on any error."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def migrate(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema revision (Alembic ``upgrade head``)."""
+    from alembic import command
+    from alembic.config import Config
+
+    here = Path(__file__).parent / "migrations"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(here))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
