@@ -1,0 +1,1 @@
+"""The web UI (templates, static files and the page router)."""
