@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     weight_caption: float = Field(1.0, ge=0)
     rrf_k: int = Field(60, ge=1)
 
+    @field_validator("database_url", "model", "text_model", "api_key", "read_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable (``BIOMEDSEARCH_API_KEY=``, as compose passes it) means "not set"."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("data_home")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
