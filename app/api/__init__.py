@@ -1,0 +1,1 @@
+"""The REST API: dependencies (``deps``) and one router per resource (``routes``)."""

@@ -1,0 +1,46 @@
+"""What several routers share: the documented error responses, paging checks, hit conversion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.middleware import ApiError
+from app.schemas import MAX_DEPTH, ErrorResponse, FigureHit, SearchResponse, figure_fields
+from app.search import Page
+
+_ERROR = {"model": ErrorResponse}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {**_ERROR, "description": "Malformed request"},
+    401: {**_ERROR, "description": "Missing or wrong API key"},
+    404: {**_ERROR, "description": "Not found"},
+    413: {**_ERROR, "description": "Request body over the upload limit"},
+    422: {**_ERROR, "description": "Invalid parameters"},
+}
+NOT_READY = {503: {**_ERROR, "description": "The encoder is not loaded"}}
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in the catalogue
+
+
+def check_depth(k: int, offset: int) -> None:
+    """422 unless ``offset + k <= MAX_DEPTH``."""
+    if offset + k > MAX_DEPTH:
+        raise ApiError(422, f"offset + k must be at most {MAX_DEPTH} (got {offset} + {k})")
+
+
+def check_years(year_from: int | None, year_to: int | None) -> None:
+    """422 when the year range is empty."""
+    if year_from is not None and year_to is not None and year_from > year_to:
+        raise ApiError(422, f"year_from ({year_from}) is after year_to ({year_to})")
+
+
+def search_response(page: Page, *, mode: str, k: int, offset: int, query: str | None = None) -> SearchResponse:
+    """The API answer for a :class:`Page`."""
+    return SearchResponse(
+        query=query,
+        mode=mode,
+        k=k,
+        offset=offset,
+        indexed=page.indexed,
+        index_version=page.index_version,
+        results=[FigureHit(rank=h.rank, score=h.score, **figure_fields(h.figure, h.article)) for h in page.hits],
+    )

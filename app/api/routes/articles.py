@@ -1,0 +1,138 @@
+"""``GET /api/articles/{id}`` and ``POST /api/articles`` (queue new articles for indexing)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+from starlette.datastructures import UploadFile
+
+from app.api.deps import ServicesDep, SessionDep, require_write_key
+from app.api.routes._common import ERRORS, MAX_ID
+from app.jobs import enqueue
+from app.middleware import ApiError, clean_validation_errors
+from app.schemas import ArticleOut, ErrorResponse, FetchRequest, JobAccepted, article_ref, figure_out
+from app.uploads import UploadError, save_upload
+from indexer.catalogue import Article
+
+router = APIRouter(prefix="/api/articles", tags=["articles"], responses=ERRORS)
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "A PMC OA package (.tar.gz) or a .zip of a JATS folder.",
+                    }
+                },
+            }
+        },
+        "application/json": {
+            "schema": FetchRequest.model_json_schema(),
+            "example": {"pmcids": ["PMC3166277"]},
+        },
+    },
+}
+
+
+@router.get("/{article_id}", response_model=ArticleOut, summary="One article with its figures")
+def get_article(
+    article_id: Annotated[int, PathParam(ge=1, le=MAX_ID, description="Article id.")], session: SessionDep
+) -> ArticleOut:
+    """The article's metadata, link and figures in document order."""
+    art = session.execute(
+        select(Article).where(Article.id == article_id).options(selectinload(Article.figures))
+    ).scalar_one_or_none()
+    if art is None:
+        raise ApiError(404, f"article {article_id} not found")
+    return ArticleOut(
+        **article_ref(art).model_dump(),
+        license_url=art.license_url,
+        article_type=art.article_type,
+        lang=art.lang,
+        source=None,
+        figures=[figure_out(fig, art) for fig in art.figures],
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Add articles (upload a package, or give PMCIDs to fetch)",
+    description="Multipart `file`: a PMC package (.tar.gz) or a zipped JATS folder. JSON "
+    '`{"pmcids": [...]}`: packages fetched from the PMC Open Access service. Answers 202 with the '
+    "id of a queued job that ingests, embeds and publishes; poll `GET /api/jobs/{id}`. Needs the "
+    "`X-API-Key` header.",
+    dependencies=[Depends(require_write_key)],
+    openapi_extra={"requestBody": _UPLOAD_BODY},
+    responses={
+        403: {"model": ErrorResponse, "description": "Writes are disabled (no API key configured)"},
+        415: {"model": ErrorResponse, "description": "Neither multipart nor JSON, or not a package"},
+    },
+)
+async def add_articles(request: Request, response: Response, services: ServicesDep) -> JobAccepted:
+    """Store the upload (or validate the PMCIDs) and enqueue a job."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    settings = services.settings
+    if content_type == "multipart/form-data":
+        kind, payload = "ingest", await _store_upload(request, settings.data_home / "uploads")
+    elif content_type == "application/json":
+        kind, payload = "fetch", await _pmcids(request)
+    else:
+        raise ApiError(415, 'send multipart/form-data with a `file`, or JSON {"pmcids": [...]}')
+    try:
+        job_id = await run_in_threadpool(enqueue, services.session_factory, kind, payload)
+    except BaseException:
+        for raw in payload.get("paths", []):
+            shutil.rmtree(Path(raw).parent, ignore_errors=True)
+        raise
+    status_url = f"/api/jobs/{job_id}"
+    response.headers["Location"] = status_url
+    return JobAccepted(job_id=job_id, status_url=status_url)
+
+
+async def _store_upload(request: Request, uploads_dir: Path) -> dict[str, Any]:
+    try:
+        form = await request.form(max_files=1, max_fields=5)
+    except Exception as exc:  # multipart parse errors from Starlette
+        raise ApiError(400, f"malformed multipart body: {exc}") from exc
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "the multipart body needs a `file` part holding the package")
+        try:
+            path = await run_in_threadpool(save_upload, upload.file, upload.filename, uploads_dir)
+        except UploadError as exc:
+            raise ApiError(415, str(exc)) from exc
+    finally:
+        await form.close()
+    return {"paths": [str(path)], "filename": upload.filename}
+
+
+async def _pmcids(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"malformed JSON body: {exc}") from exc
+    try:
+        req = FetchRequest.model_validate(body)
+    except ValidationError as exc:
+        details = clean_validation_errors(exc.errors())
+        first = details[0] if details else {"loc": [], "msg": "invalid"}
+        raise ApiError(422, f"{'.'.join(first['loc']) or 'body'}: {first['msg']}", details=details) from exc
+    return {"pmcids": req.pmcids}

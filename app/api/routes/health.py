@@ -1,0 +1,49 @@
+"""``GET /healthz`` (liveness), ``GET /readyz`` (encoder and index loaded), ``GET /metrics``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from app.api.deps import ServicesDep
+from app.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness")
+def healthz() -> Health:
+    """Always ok while the process answers."""
+    return Health()
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness: encoder loaded and vectors indexed",
+    responses={503: {"model": Readiness, "description": "Not ready; `reasons` says why"}},
+)
+async def readyz(services: ServicesDep) -> Response:
+    """200 when searches can be answered with results, else 503 with the reasons."""
+    search = services.search
+    ready, reasons = await run_in_threadpool(search.readiness)
+    body = Readiness(
+        ready=ready,
+        model_id=search.encoder.model_id if search.encoder_loaded else None,
+        indexes=search.index_sizes(),
+        reasons=reasons,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
+def metrics(services: ServicesDep) -> Response:
+    """Latency histograms per route; encode, search and database time; index size; job counts."""
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

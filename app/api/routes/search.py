@@ -1,0 +1,94 @@
+"""``GET /api/search`` (text -> figures) and ``POST /api/search/image`` (image -> captions / figures)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+
+from app.api.deps import SearchDep, SettingsDep
+from app.api.routes._common import ERRORS, NOT_READY, check_depth, check_years, search_response
+from app.middleware import ApiError
+from app.schemas import MAX_K, SearchResponse
+from app.search import Filters, decode_query_image
+
+router = APIRouter(prefix="/api/search", tags=["search"], responses={**ERRORS, **NOT_READY})
+
+# The schema's hard cap on q; the effective limit is Settings.max_query_chars (create_app writes it
+# into the OpenAPI document and the route enforces it).
+Q_CAP = 100_000
+
+K = Annotated[int, Query(ge=1, le=MAX_K, description="Results per page.")]
+Offset = Annotated[int, Query(ge=0, le=999, description="Results to skip; offset + k <= 1000.")]
+YearFrom = Annotated[int | None, Query(ge=1000, le=9999, description="Earliest publication year.")]
+YearTo = Annotated[int | None, Query(ge=1000, le=9999, description="Latest publication year.")]
+Journal = Annotated[str | None, Query(min_length=1, max_length=500, description="Journal title (any case).")]
+License = Annotated[str | None, Query(min_length=1, max_length=200, description="License, e.g. `CC BY 4.0`.")]
+
+
+@router.get(
+    "",
+    response_model=SearchResponse,
+    summary="Text -> figures",
+    description="Figures whose images best match the text (cosine of the CLIP embeddings), best first. "
+    "Filters (year range, journal, license) are applied by over-fetching candidates from the index. "
+    "Before anything is indexed the result list is empty.",
+)
+def search_text(
+    search: SearchDep,
+    settings: SettingsDep,
+    q: Annotated[
+        str,
+        Query(min_length=1, max_length=Q_CAP, description="The query text.", examples=["chest CT with contrast"]),
+    ],
+    k: K = 10,
+    offset: Offset = 0,
+    year_from: YearFrom = None,
+    year_to: YearTo = None,
+    journal: Journal = None,
+    license: License = None,
+    mode: Annotated[
+        Literal["dense"] | None,
+        Query(description="Ranking: `dense` (CLIP embeddings) is the one available here."),
+    ] = None,
+) -> SearchResponse:
+    """Encode ``q`` (cached), search the image index, join, filter and page."""
+    text = q.strip()
+    if not text:
+        raise ApiError(422, "q must contain some non-space text")
+    if len(text) > settings.max_query_chars:
+        raise ApiError(422, f"q is longer than {settings.max_query_chars} characters")
+    check_depth(k, offset)
+    check_years(year_from, year_to)
+    filters = Filters(year_from=year_from, year_to=year_to, journal=journal, license=license)
+    page = search.search_text(text, k, offset, filters)
+    return search_response(page, mode="dense", k=k, offset=offset, query=text)
+
+
+@router.post(
+    "/image",
+    response_model=SearchResponse,
+    summary="Image -> captions (mode=text) or similar figures (mode=image)",
+    description="Upload an image: `mode=text` ranks figure captions by their match with the image "
+    "(image->text), `mode=image` ranks figure images by similarity (image->image). Images over the "
+    "pixel cap, corrupt images and non-images are refused with 422.",
+)
+def search_image(
+    search: SearchDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="The query image (JPEG, PNG, GIF, TIFF, BMP or WebP).")],
+    k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
+    offset: Annotated[int, Form(ge=0, le=999)] = 0,
+    mode: Annotated[
+        Literal["text", "image"],
+        Form(description="`text`: rank captions (image->text); `image`: rank figure images."),
+    ] = "text",
+) -> SearchResponse:
+    """Decode and check the image (pixel cap), encode it, search the caption or image index."""
+    check_depth(k, offset)
+    data = file.file.read()
+    if not data:
+        raise ApiError(422, "the uploaded file is empty")
+    image = decode_query_image(data, settings.max_image_pixels)
+    page = search.search_image(image, k, offset, mode, Filters())
+    return search_response(page, mode=mode, k=k, offset=offset)

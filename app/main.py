@@ -1,0 +1,170 @@
+"""The FastAPI application factory: ``create_app(settings)``.
+
+Nothing is built at import time. The app's lifespan (startup) migrates the catalogue, opens the
+engine, loads the encoder and the published indexes (a failure is reported by ``/readyz``, not
+fatal), starts an index poller (``index_poll_s``: the live indexes follow a newly published version
+without a restart; in-flight queries finish on the version they started with) and, when
+``run_worker`` is set, the in-process re-index worker. Shutdown stops both and disposes the engine.
+
+Middleware, outermost first: security headers, per-route latency metrics, CORS (closed unless
+``cors_origins`` is set), the upload size limit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from app.api.deps import Services
+from app.api.routes import articles, figures, health, jobs, search
+from app.config import Settings
+from app.jobs import Worker, job_counts
+from app.metrics import Metrics
+from app.middleware import BodySizeLimit, RouteMetrics, SecurityHeaders, install_error_handlers
+from app.search import SearchService
+from indexer.catalogue import make_engine, make_session_factory, migrate
+
+log = logging.getLogger(__name__)
+
+WEB_PAGES_MODULE = "app.web.pages"  # the web UI's router (a later issue), included when present
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    encoder_loader: Callable[[str, str], Any] | None = None,
+) -> FastAPI:
+    """Build the service for ``settings`` (default: read from the environment).
+
+    ``encoder_loader(spec, device)`` replaces ``training.encoders.load_encoder`` (tests use it to
+    count or stub loads); by default the real loader is used.
+    """
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await run_in_threadpool(_start, settings, metrics, encoder_loader)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await run_in_threadpool(_stop, services)
+            app.state.services = None
+
+    app = FastAPI(
+        title="BiomedSearch",
+        version="0.1.0",
+        summary="Semantic search over the figures of biomedical research articles.",
+        description="Text -> figure and image -> caption / figure search with CLIP-style encoders "
+        "(BiomedCLIP layout), a figure catalogue and FAISS indexes; new articles are added by "
+        "durable re-index jobs. Every error answer is a JSON `ErrorResponse`.",
+        lifespan=lifespan,
+    )
+    app.state.services = None
+    install_error_handlers(app)
+
+    read_deps = []
+    if settings.read_api_key is not None:
+        from fastapi import Depends
+
+        from app.api.deps import require_read_key
+
+        read_deps = [Depends(require_read_key)]
+    for module in (search, figures, articles, jobs):
+        app.include_router(module.router, dependencies=read_deps)
+    app.include_router(health.router)
+
+    # --- web UI (added by its own issue): app/web/pages.py exposes `router` ---------------------
+    if importlib.util.find_spec(WEB_PAGES_MODULE) is not None:
+        pages = importlib.import_module(WEB_PAGES_MODULE)
+        app.include_router(pages.router)
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key"],
+        )
+    app.add_middleware(RouteMetrics, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
+    _document_settings_bounds(app, settings)
+    return app
+
+
+def _start(settings: Settings, metrics: Metrics, encoder_loader: Callable[[str, str], Any] | None) -> Services:
+    """Open the catalogue, load the model and indexes, start the poller and worker (blocking)."""
+    url = settings.resolved_database_url
+    settings.data_home.mkdir(parents=True, exist_ok=True)
+    migrate(url)
+    engine = make_engine(url)
+    session_factory = make_session_factory(engine)
+    search = SearchService(settings, session_factory, metrics, encoder_loader=encoder_loader)
+    search.load(force=True)
+    search.refresh()
+    metrics.register_gauges(search.index_sizes, lambda: job_counts(session_factory))
+    services = Services(settings, engine, session_factory, metrics, search)
+
+    stop = threading.Event()
+
+    def poll_indexes() -> None:
+        while not stop.wait(settings.index_poll_s):
+            if search.refresh():
+                log.info("switched to index versions %s", {k: search.version(k) for k in ("image", "caption")})
+
+    poller = threading.Thread(target=poll_indexes, name="biomedsearch-index-poller", daemon=True)
+    poller.start()
+    services.background += [stop, poller]
+
+    if settings.run_worker:
+        worker = Worker(settings, session_factory, lambda: search.encoder, on_published=search.refresh)
+        worker.start()
+        services.worker = worker
+    return services
+
+
+def _stop(services: Services) -> None:
+    """Stop the worker (after its current job) and the poller; close the engine."""
+    if services.worker is not None:
+        services.worker.stop(timeout=60)
+    for item in services.background:
+        if isinstance(item, threading.Event):
+            item.set()
+    for item in services.background:
+        if isinstance(item, threading.Thread):
+            item.join(timeout=10)
+    services.engine.dispose()
+
+
+def _document_settings_bounds(app: FastAPI, settings: Settings) -> None:
+    """Generate the OpenAPI document with bounds that come from the settings (``q``'s maxLength)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+            )
+            params = schema["paths"].get("/api/search", {}).get("get", {}).get("parameters", [])
+            for param in params:
+                if param.get("name") == "q":
+                    param["schema"]["maxLength"] = settings.max_query_chars
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

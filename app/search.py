@@ -1,0 +1,422 @@
+"""Query answering: encode the query, search a vector index, join the catalogue, page and filter.
+
+The pipeline has three steps, kept apart so that a lexical channel and rank fusion (hybrid mode,
+``Settings.search_mode``) can be added as one more *candidate source*:
+
+1. **Candidates.** A :data:`CandidateSource` maps ``n`` to the best ``n`` ``(figure_id, score)``
+   pairs, best first. Today there is one kind, a dense source (:meth:`SearchService.dense_source`)
+   over the image index (text->image, image->image) or the caption index (image->text). A lexical
+   source and a fusion of several sources (e.g. reciprocal rank fusion with ``rrf_k`` and the
+   channel weights) have the same shape and plug in at :meth:`SearchService.search_text`.
+2. **Filters by over-fetching.** FAISS knows nothing of years, journals or licenses, so a filtered
+   query asks its source for more candidates than the page needs (``max(4 * (offset + k), 50)``),
+   joins them with the catalogue under the SQL filters, and, while the page is not yet full and
+   the index holds more vectors, asks again for four times as many. Unfiltered queries fetch
+   exactly ``offset + k``. The worst case (a filter matching almost nothing) scans the whole index,
+   which is bounded by the index size and by ``offset + k <= 1000``.
+3. **Join and page.** Candidates keep their order; figures that are no longer in the catalogue
+   (deleted after the index version was built) are dropped; ranks are 1-based across pages.
+
+Text query embeddings are kept in an LRU cache (``query_cache_size`` entries, keyed by model id
+and text), so repeated queries skip the encoder.
+
+The encoder is loaded once (at startup, then retried at most every ``RETRY_LOAD_S`` seconds while
+it fails) and its calls are serialised by a lock: Hugging Face fast tokenizers are not safe to
+share between threads, and the in-process worker encodes on the same model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.metrics import Metrics, timed
+from app.middleware import ApiError
+from indexer.catalogue import Article, Embedding, Figure
+
+log = logging.getLogger(__name__)
+
+RETRY_LOAD_S = 30.0
+INDEX_KINDS = ("image", "caption")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One ranked candidate from a source: a figure id and its score (higher is better)."""
+
+    figure_id: int
+    score: float
+
+
+CandidateSource = Callable[[int], list[Candidate]]
+"""Given ``n``, the best ``n`` candidates (fewer when the source holds fewer), best first."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Catalogue filters: year range (inclusive), journal and license (case-insensitive equality)."""
+
+    year_from: int | None = None
+    year_to: int | None = None
+    journal: str | None = None
+    license: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        """True when no filter is set."""
+        return self.year_from is None and self.year_to is None and not self.journal and not self.license
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A joined result: rank (1-based), score, the figure and its article."""
+
+    rank: int
+    score: float
+    figure: Figure
+    article: Article
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of hits plus what was searched."""
+
+    hits: list[Hit]
+    indexed: int
+    index_version: int | None
+
+
+class TextEmbeddingCache:
+    """A thread-safe LRU map from (model id, text) to the text's embedding (read-only arrays)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> np.ndarray | None:
+        """The cached vector for ``key`` (and mark it recently used), or None."""
+        with self._lock:
+            vec = self._data.get(key)
+            if vec is not None:
+                self._data.move_to_end(key)
+            return vec
+
+    def put(self, key: tuple[str, str], vec: np.ndarray) -> None:
+        """Remember ``vec`` for ``key``, evicting the least recently used entry when full."""
+        if self.maxsize <= 0:
+            return
+        vec = np.array(vec, dtype=np.float32, copy=True)
+        vec.setflags(write=False)
+        with self._lock:
+            self._data[key] = vec
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+
+class SerializedEncoder:
+    """An encoder whose calls run one at a time (see the module docstring); same interface."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.inner = encoder
+        self.model_id: str = encoder.model_id
+        self.dim: int = encoder.dim
+        self.device: str = getattr(encoder, "device", "cpu")
+        self._lock = threading.Lock()
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """``inner.encode_texts`` under the lock."""
+        with self._lock:
+            return np.asarray(self.inner.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+        """``inner.encode_images`` under the lock."""
+        with self._lock:
+            return np.asarray(self.inner.encode_images(images, batch_size=batch_size), dtype=np.float32)
+
+
+class SearchService:
+    """Everything a query needs: the encoder, the live indexes, the catalogue, the cache."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        metrics: Metrics,
+        *,
+        encoder_loader: Callable[[str, str], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.metrics = metrics
+        self.cache = TextEmbeddingCache(settings.query_cache_size)
+        self._encoder_loader = encoder_loader
+        self._encoder: SerializedEncoder | None = None
+        self._indexes: Any = None  # indexer.publish.LiveIndexes once the model id is known
+        self._load_lock = threading.Lock()
+        self._last_attempt = 0.0
+        self.encoder_error: str | None = None
+        self.index_error: str | None = None
+
+    # --- loading ------------------------------------------------------------------------------------
+    def load(self, *, force: bool = False) -> None:
+        """Load the encoder (from ``Settings.default_model_spec()``) and the live indexes.
+
+        Failures are recorded in ``encoder_error`` / ``index_error`` (shown by ``/readyz``) rather
+        than raised; a later call retries, at most every ``RETRY_LOAD_S`` seconds unless ``force``.
+        """
+        with self._load_lock:
+            if self._encoder is not None and self._indexes is not None:
+                return
+            now = time.monotonic()
+            if not force and self._last_attempt and now - self._last_attempt < RETRY_LOAD_S:
+                return
+            self._last_attempt = now
+            if self._encoder is None:
+                self._load_encoder()
+            if self._encoder is not None and self._indexes is None:
+                self._load_indexes(self._encoder.model_id)
+
+    def _load_encoder(self) -> None:
+        spec = self.settings.default_model_spec()
+        if spec is None:
+            self.encoder_error = (
+                f"no encoder configured: set BIOMEDSEARCH_MODEL or export one under {self.settings.models_dir}"
+            )
+            return
+        loader = self._encoder_loader
+        if loader is None:
+            from training.encoders import load_encoder
+
+            loader = load_encoder
+        try:
+            self._encoder = SerializedEncoder(loader(spec, self.settings.device))
+            self.encoder_error = None
+            log.info("encoder %s loaded (dim %d)", self._encoder.model_id, self._encoder.dim)
+        except Exception as exc:  # reported by /readyz; the service keeps answering
+            self.encoder_error = f"could not load encoder {spec!r}: {exc}"
+            log.error("%s", self.encoder_error)
+
+    def _load_indexes(self, model_id: str) -> None:
+        from indexer.publish import LiveIndexes
+
+        try:
+            self._indexes = LiveIndexes(self.settings.index_dir, model_id, use_gpu=self.settings.use_gpu)
+            self.index_error = None
+        except Exception as exc:
+            self.index_error = f"could not open the indexes of {model_id}: {exc}"
+            log.error("%s", self.index_error)
+
+    @property
+    def encoder(self) -> SerializedEncoder:
+        """The loaded encoder; raises a 503 :class:`ApiError` while there is none."""
+        if self._encoder is None:
+            self.load()
+        if self._encoder is None:
+            raise ApiError(503, self.encoder_error or "the encoder is not loaded yet")
+        return self._encoder
+
+    @property
+    def encoder_loaded(self) -> bool:
+        """True once the encoder is loaded."""
+        return self._encoder is not None
+
+    def refresh(self) -> bool:
+        """Switch to a newly published index version if there is one; True if it switched."""
+        if self._indexes is None:
+            self.load()
+            return False
+        try:
+            changed = bool(self._indexes.refresh())
+            self.index_error = None
+            return changed
+        except Exception as exc:
+            self.index_error = f"index refresh failed: {exc}"
+            log.error("%s", self.index_error)
+            return False
+
+    def ntotal(self, kind: str) -> int:
+        """Vectors in the live ``kind`` index (0 when nothing is published or loaded)."""
+        if self._indexes is None:
+            return 0
+        try:
+            return int(self._indexes.ntotal(kind))
+        except Exception:
+            return 0
+
+    def version(self, kind: str) -> int | None:
+        """The live ``kind`` index version, or None."""
+        if self._indexes is None:
+            return None
+        try:
+            v = self._indexes.version(kind)
+        except Exception:
+            return None
+        return None if v is None else int(v)
+
+    def index_sizes(self) -> dict[str, int]:
+        """Vectors per index kind (for ``/metrics`` and ``/readyz``)."""
+        return {kind: self.ntotal(kind) for kind in INDEX_KINDS}
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """(ready, reasons it is not): ready means encoder loaded and a non-empty image index."""
+        self.load()
+        reasons: list[str] = []
+        if self._encoder is None:
+            reasons.append(self.encoder_error or "the encoder is not loaded yet")
+        else:
+            if self.index_error:
+                reasons.append(self.index_error)
+            if self.ntotal("image") == 0:
+                reasons.append(f"no vectors indexed yet for model {self._encoder.model_id}")
+        return not reasons, reasons
+
+    # --- encoding -----------------------------------------------------------------------------------
+    def encode_text(self, text: str) -> np.ndarray:
+        """The [1, dim] embedding of ``text`` (from the LRU cache when it was asked before)."""
+        encoder = self.encoder
+        key = (encoder.model_id, text)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.metrics.query_cache.labels("hit").inc()
+            return cached
+        self.metrics.query_cache.labels("miss").inc()
+        with timed(self.metrics.encode, "text"):
+            vec = encoder.encode_texts([text])
+        self.cache.put(key, vec)
+        return vec
+
+    def encode_image(self, image: Image.Image) -> np.ndarray:
+        """The [1, dim] embedding of an image."""
+        encoder = self.encoder
+        with timed(self.metrics.encode, "image"):
+            return encoder.encode_images([image])
+
+    # --- candidates ----------------------------------------------------------------------------------
+    def dense_source(self, kind: str, query: np.ndarray, exclude: int | None = None) -> CandidateSource:
+        """A candidate source over the live ``kind`` index for the [1, dim] ``query``."""
+
+        def fetch(n: int) -> list[Candidate]:
+            if self._indexes is None or n <= 0 or self.ntotal(kind) == 0:
+                return []
+            want = n + (1 if exclude is not None else 0)
+            with timed(self.metrics.index_search, kind):
+                scores, ids = self._indexes.search(kind, query, want)
+            out: list[Candidate] = []
+            for score, fid in zip(np.asarray(scores)[0], np.asarray(ids)[0], strict=False):
+                if fid < 0 or (exclude is not None and int(fid) == exclude):
+                    continue
+                out.append(Candidate(int(fid), float(score)))
+            return out[:n]
+
+        return fetch
+
+    # --- queries -------------------------------------------------------------------------------------
+    def search_text(self, text: str, k: int, offset: int, filters: Filters) -> Page:
+        """Text -> image: figures whose image embedding is nearest the text's."""
+        query = self.encode_text(text)
+        return self.page(self.dense_source("image", query), "image", k, offset, filters)
+
+    def search_image(self, image: Image.Image, k: int, offset: int, mode: str, filters: Filters) -> Page:
+        """Image -> text (``mode='text'``: nearest captions) or image -> image (``mode='image'``)."""
+        query = self.encode_image(image)
+        kind = "caption" if mode == "text" else "image"
+        return self.page(self.dense_source(kind, query), kind, k, offset, filters)
+
+    def similar(self, figure_id: int, k: int, offset: int, filters: Filters) -> Page:
+        """Figures whose images are nearest figure ``figure_id``'s (itself excluded)."""
+        model_id = self.encoder.model_id
+        with timed(self.metrics.db, "embedding"), self.session_factory() as session:
+            if session.get(Figure, figure_id) is None:
+                raise ApiError(404, f"figure {figure_id} not found")
+            blob = session.execute(
+                select(Embedding.vector).where(
+                    Embedding.figure_id == figure_id,
+                    Embedding.model_id == model_id,
+                    Embedding.kind == "image",
+                )
+            ).scalar_one_or_none()
+        if blob is None:
+            raise ApiError(
+                409,
+                f"figure {figure_id} has no image embedding for model {model_id} (no image, or not yet embedded)",
+                code="not_embedded",
+            )
+        query = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(1, -1)
+        return self.page(self.dense_source("image", query, exclude=figure_id), "image", k, offset, filters)
+
+    def page(self, source: CandidateSource, kind: str, k: int, offset: int, filters: Filters) -> Page:
+        """Fetch candidates from ``source``, filter and join them, and cut the page ``[offset, offset+k)``."""
+        need = offset + k
+        total = self.ntotal(kind)
+        version = self.version(kind)
+        if total == 0:
+            return Page([], 0, version)
+        n = need if filters.empty else max(4 * need, 50)
+        n = min(n, total)
+        while True:
+            candidates = source(n)
+            joined = self.join(candidates, filters)
+            if len(joined) >= need or n >= total or len(candidates) < n:
+                break
+            n = min(total, 4 * n)
+        hits = [
+            Hit(rank=i + 1, score=score, figure=fig, article=art) for i, (score, fig, art) in enumerate(joined[:need])
+        ]
+        return Page(hits[offset:], total, version)
+
+    def join(self, candidates: list[Candidate], filters: Filters) -> list[tuple[float, Figure, Article]]:
+        """Candidates (in order, duplicates dropped) joined with their figure and article rows,
+        keeping those that pass ``filters``."""
+        if not candidates:
+            return []
+        ids = list(dict.fromkeys(c.figure_id for c in candidates))
+        stmt = select(Figure, Article).join(Article, Figure.article_id == Article.id).where(Figure.id.in_(ids))
+        if filters.year_from is not None:
+            stmt = stmt.where(Article.year >= filters.year_from)
+        if filters.year_to is not None:
+            stmt = stmt.where(Article.year <= filters.year_to)
+        if filters.journal:
+            stmt = stmt.where(func.lower(Article.journal) == filters.journal.strip().lower())
+        if filters.license:
+            stmt = stmt.where(func.lower(Article.license) == filters.license.strip().lower())
+        with timed(self.metrics.db, "join"), self.session_factory() as session:
+            rows = {fig.id: (fig, art) for fig, art in session.execute(stmt).tuples()}
+        out: list[tuple[float, Figure, Article]] = []
+        seen: set[int] = set()
+        for c in candidates:
+            if c.figure_id in rows and c.figure_id not in seen:
+                seen.add(c.figure_id)
+                fig, art = rows[c.figure_id]
+                out.append((c.score, fig, art))
+        return out
+
+
+def decode_query_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode an uploaded query image (size-checked, pixel-capped) to RGB; 4xx :class:`ApiError` if bad."""
+    from indexer.images import ImageRejected, _open_checked, _to_rgb
+
+    try:
+        image = _open_checked(data, max_pixels=max_pixels)  # format and pixel cap from the header
+        image.load()
+        return _to_rgb(image)
+    except ImageRejected as exc:
+        raise ApiError(422, f"not a usable image: {exc}", code="bad_image") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ApiError(422, f"not a usable image: unreadable ({exc})", code="bad_image") from exc

@@ -1,0 +1,54 @@
+"""Fixtures of the API tests: a real catalogue + real indexes built once per session with the
+real tiny encoder, copied into each test that needs a service over it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from app_fixtures import make_settings
+
+try:
+    from model_fixtures import tiny_model_dir  # noqa: F401  (session fixture: a few-step trained export)
+except ImportError:  # pragma: no cover - until training's fixture lands
+
+    @pytest.fixture(scope="session")
+    def tiny_model_dir() -> Path:
+        pytest.skip("tests/model_fixtures.py (the tiny trained encoder) is not available")
+
+BASE_PACKAGES = ("elife-00353", "elife-19405", "pone.0056489", "2236-8906-hoehnea-49-e1112020")
+
+
+@pytest.fixture(scope="session")
+def built_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shared_data: Path) -> Path:  # noqa: F811
+    """A data home with 4 real articles ingested, embedded and indexed (SQLite): a template to copy."""
+    from app.jobs import index_options, ingest_limits
+    from indexer.catalogue import make_engine, make_session_factory, migrate
+    from indexer.embeddings import embed_pending
+    from indexer.index_update import update_indexes
+    from indexer.ingest import ingest_paths
+    from training.encoders import load_encoder
+
+    home = tmp_path_factory.mktemp("built") / "home"
+    settings = make_settings(home, model=f"local-dir:{tiny_model_dir}")
+    url = settings.resolved_database_url
+    migrate(url)
+    engine = make_engine(url)
+    factory = make_session_factory(engine)
+    packages = [shared_data / "jats" / "packages" / f"{name}.tar.gz" for name in BASE_PACKAGES]
+    report = ingest_paths(packages, factory, home, limits=ingest_limits(settings), progress=False)
+    assert len(report.article_ids) == len(BASE_PACKAGES), report.summary()
+    encoder = load_encoder(settings.default_model_spec() or "", device="cpu")
+    embed_pending(factory, encoder, home, batch_size=16, progress=False)
+    update_indexes(factory, settings.index_dir, encoder.model_id, options=index_options(settings), progress=False)
+    engine.dispose()
+    return home
+
+
+@pytest.fixture
+def service_home(built_home: Path, tmp_path: Path) -> Path:
+    """A private copy of :func:`built_home` (tests may add articles to it)."""
+    dest = tmp_path / "home"
+    shutil.copytree(built_home, dest)
+    return dest

@@ -1,0 +1,136 @@
+"""Durable jobs on the jobs table (SQLite and PostgreSQL): atomic claims, heartbeats, stale
+re-queueing after a worker dies, and a full ingest -> embed -> publish run with the real encoder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from app_fixtures import make_settings
+from sqlalchemy import select, update
+
+from app.jobs import Worker, claim_next, enqueue, heartbeat, job_counts, requeue_stale
+from indexer.catalogue import Figure, Job, make_engine, make_session_factory, utcnow
+from indexer.publish import LiveIndexes
+
+
+@pytest.fixture
+def factory(db_url: str):  # type: ignore[no-untyped-def]
+    engine = make_engine(db_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def test_concurrent_claims_never_share_a_job(factory) -> None:  # type: ignore[no-untyped-def]
+    ids = [enqueue(factory, "fetch", {"pmcids": [f"PMC{i}"]}) for i in range(12)]
+    claimed: dict[str, list[int]] = {}
+    barrier = threading.Barrier(4)
+
+    def grab(name: str) -> None:
+        barrier.wait()
+        mine = claimed.setdefault(name, [])
+        while (job := claim_next(factory, name)) is not None:
+            assert job.state == "running" and job.worker == name and job.attempts == 1
+            mine.append(job.id)
+
+    threads = [threading.Thread(target=grab, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = [jid for jobs in claimed.values() for jid in jobs]
+    assert sorted(got) == ids  # every job claimed exactly once
+    assert job_counts(factory) == {"queued": 0, "running": 12, "done": 0, "failed": 0}
+
+
+def test_claims_take_the_oldest_first_and_only_queued(factory) -> None:  # type: ignore[no-untyped-def]
+    a = enqueue(factory, "fetch", {"pmcids": ["PMC1"]})
+    b = enqueue(factory, "ingest", {"paths": []})
+    first = claim_next(factory, "w")
+    assert first is not None and first.id == a
+    second = claim_next(factory, "w")
+    assert second is not None and second.id == b
+    assert claim_next(factory, "w") is None
+    with pytest.raises(ValueError):
+        enqueue(factory, "explode", {})
+
+
+def test_stale_running_jobs_are_requeued_then_failed_after_max_attempts(factory) -> None:  # type: ignore[no-untyped-def]
+    jid = enqueue(factory, "fetch", {"pmcids": ["PMC1"]})
+    job = claim_next(factory, "dead-worker")
+    assert job is not None and heartbeat(factory, jid, "dead-worker")
+    assert requeue_stale(factory, stale_after_s=60, max_attempts=2) == 0  # fresh heartbeat: left alone
+    old = utcnow() - dt.timedelta(minutes=5)
+    with factory.begin() as s:
+        s.execute(update(Job).where(Job.id == jid).values(heartbeat_at=old))
+    assert requeue_stale(factory, stale_after_s=60, max_attempts=2) == 1
+    with factory() as s:
+        row = s.get(Job, jid)
+        assert row is not None and row.state == "queued" and row.worker is None
+    assert not heartbeat(factory, jid, "dead-worker")  # the dead worker no longer owns it
+    again = claim_next(factory, "second")
+    assert again is not None and again.id == jid and again.attempts == 2
+    with factory.begin() as s:
+        s.execute(update(Job).where(Job.id == jid).values(heartbeat_at=old))
+    requeue_stale(factory, stale_after_s=60, max_attempts=2)
+    with factory() as s:
+        row = s.get(Job, jid)
+        assert row is not None and row.state == "failed"
+
+
+def test_worker_resumes_a_job_its_dead_predecessor_left_running(
+    db_url: str, tmp_path: Path, tiny_model_dir: Path, shared_data: Path, factory
+) -> None:  # type: ignore[no-untyped-def]
+    """Upload-style job claimed by a worker that died: a new worker re-queues it and runs all stages."""
+    from training.encoders import load_encoder
+
+    home = tmp_path / "home"
+    settings = make_settings(home, db_url, model=f"local-dir:{tiny_model_dir}", job_stale_s=0.5)
+    upload = home / "uploads" / "abc" / "elife-00353.tar.gz"
+    upload.parent.mkdir(parents=True)
+    shutil.copy(shared_data / "jats" / "packages" / "elife-00353.tar.gz", upload)
+    zipped = home / "uploads" / "def" / "pone.0060593.zip"
+    zipped.parent.mkdir(parents=True)
+    shutil.copy(shared_data / "jats" / "malformed" / "pone.0060593.zip", zipped)
+    jid = enqueue(factory, "ingest", {"paths": [str(upload), str(zipped)]})
+    assert claim_next(factory, "crashed-worker") is not None  # ... and it never heartbeats again
+
+    encoder = load_encoder(f"local-dir:{tiny_model_dir}", device="cpu")
+    published: list[bool] = []
+    worker = Worker(settings, factory, lambda: encoder, on_published=lambda: published.append(True))
+    import time
+
+    time.sleep(0.6)
+    assert worker.run_once() == jid
+    with factory() as s:
+        job = s.get(Job, jid)
+        assert job is not None
+        assert job.state == "done", job.errors
+        assert job.progress == 1.0 and job.attempts == 2 and job.stage == "done"
+        assert job.counts["articles_added"] == 2
+        n_figs = len(s.scalars(select(Figure.id)).all())
+        assert job.counts["figures"] == n_figs and job.counts["caption_vectors"] == n_figs
+        assert job.counts["image_vectors"] == job.counts["images"] > 0
+    assert published == [True]
+    assert not upload.parent.exists() and not zipped.parent.exists()  # uploads cleaned after success
+    live = LiveIndexes(settings.index_dir, encoder.model_id)
+    assert live.refresh() and live.ntotal("caption") == n_figs
+
+
+def test_a_failing_job_records_its_stage_and_reason(db_url: str, tmp_path: Path, factory) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path / "home", db_url)
+    bogus = tmp_path / "home" / "uploads" / "x" / "gone.tar.gz"
+    jid = enqueue(factory, "ingest", {"paths": [str(bogus)]})
+
+    def no_encoder() -> object:
+        raise AssertionError("must not be reached")
+
+    assert Worker(settings, factory, no_encoder).run_once() == jid
+    with factory() as s:
+        job = s.get(Job, jid)
+        assert job is not None and job.state == "failed" and job.stage == "ingest"
+        assert "no longer exist" in job.errors[-1]["message"]
+        assert job.finished_at is not None
