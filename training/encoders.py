@@ -1,0 +1,210 @@
+"""Encoders for the indexer and the service: ``load_encoder(spec)`` -> :class:`Encoder`.
+
+Specs: ``local-dir:PATH`` or a plain ``PATH`` (an open_clip local-dir export, see
+:mod:`training.export`), or ``hf-hub:NAME`` (a published open_clip model such as
+``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``; offline it fails fast).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import open_clip
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+from PIL import Image
+
+from training.errors import ConfigError, EncoderLoadError
+from training.export import CONFIG_NAME
+from training.model_factory import instantiate, resolve_text_source
+
+HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Encoder:
+    """A CLIP model with its preprocessing and tokenizer, encoding images and texts to unit vectors.
+
+    Attributes:
+        model_id: stable id (``<export folder>-<sha256(weights)[:12]>``, or the hub name).
+        dim: embedding width.
+        device: where the model runs (``cpu``, ``cuda``, ``cuda:N``).
+    """
+
+    def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, *, model_id: str,
+                 device: str) -> None:
+        self.model = model.to(device).eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.device = device
+        self._hf_text = hasattr(getattr(model, "text", None), "transformer") and hasattr(
+            getattr(model, "text", None), "pooler")
+        self.pad_id = int(getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", 0) or 0)
+        with torch.inference_mode():
+            probe = self._text_features(self.tokenizer(["a"]))
+        self.dim = int(probe.shape[1])
+
+    def _text_features(self, ids: torch.Tensor) -> torch.Tensor:
+        if self._hf_text:
+            # pad only to the longest text in the batch: the HF tower masks padding, so outputs match
+            longest = int((ids != self.pad_id).sum(dim=1).max().item()) if ids.numel() else 1
+            ids = ids[:, : max(longest, 1)]
+        feats = self.model.encode_text(ids.to(self.device), normalize=True)  # type: ignore[operator]
+        return feats.float()
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+        """Encode PIL images -> float32 ``[n, dim]``, L2-normalised, in batches of ``batch_size``."""
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = [self.preprocess(im.convert("RGB")) for im in images[start:start + batch_size]]
+                pixels = torch.stack(batch).to(self.device)
+                feats = self.model.encode_image(pixels, normalize=True)  # type: ignore[operator]
+                out[start:start + len(batch)] = feats.float().cpu().numpy()
+        return out
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Encode texts -> float32 ``[n, dim]``, L2-normalised; each batch is padded to its longest text."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                chunk = [str(t) for t in texts[start:start + batch_size]]
+                feats = self._text_features(self.tokenizer(chunk))
+                out[start:start + len(chunk)] = feats.cpu().numpy()
+        return out
+
+    def encode_texts_padded(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode texts padded to the full context length (reference path used to check equivalence)."""
+        with torch.inference_mode():
+            ids = self.tokenizer([str(t) for t in texts]).to(self.device)
+            return self.model.encode_text(ids, normalize=True).float().cpu().numpy()  # type: ignore[operator]
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                 "open_clip_pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    raise EncoderLoadError(f"no open_clip weights (open_clip_model.safetensors) in {folder}")
+
+
+def load_local_dir(folder: str | Path, device: str = "auto") -> Encoder:
+    """Load an open_clip local-dir export from ``folder`` (offline; the folder may have moved)."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise EncoderLoadError(f"model folder not found: {path}")
+    cfg_path = path / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise EncoderLoadError(f"{path} is not an open_clip local-dir export (no {CONFIG_NAME})")
+    try:
+        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+        model_cfg = doc["model_cfg"]
+        text_cfg = model_cfg["text_cfg"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EncoderLoadError(f"malformed {cfg_path}: {exc}") from exc
+    weights = _weights_file(path)
+    model_cfg = json.loads(json.dumps(model_cfg))
+    model_cfg["vision_cfg"]["timm_model_pretrained"] = False
+    if "hf_model_name" in text_cfg:
+        if (path / "config.json").is_file():
+            model_cfg["text_cfg"]["hf_model_name"] = str(path.resolve())
+        else:  # a published export without the tower's config: resolve the hub id locally
+            try:
+                source = resolve_text_source(text_cfg["hf_model_name"])
+            except ConfigError as exc:
+                raise EncoderLoadError(str(exc)) from exc
+            if source.folder is None:
+                raise EncoderLoadError(f"no config.json for text tower {text_cfg['hf_model_name']!r} in {path}")
+            model_cfg["text_cfg"]["hf_model_name"] = str(source.folder)
+        model_cfg["text_cfg"]["hf_model_pretrained"] = False
+    try:
+        model = instantiate(model_cfg)
+        open_clip.load_checkpoint(model, str(weights), strict=True)
+        tokenizer = open_clip.get_tokenizer(f"{LOCAL_DIR_PREFIX}{path.resolve()}")
+    except (ConfigError, OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise EncoderLoadError(f"cannot load the model in {path}: {exc}") from exc
+    pp = merge_preprocess_dict(PreprocessCfg(), doc.get("preprocess_cfg", {}))
+    pp["size"] = model_cfg["vision_cfg"].get("image_size", 224)
+    preprocess = image_transform_v2(PreprocessCfg(**pp), is_train=False)
+    model_id = f"{path.resolve().name}-{_sha256(weights)[:12]}"
+    return Encoder(model, preprocess, tokenizer, model_id=model_id, device=resolve_device(device))
+
+
+def _check_hub_reachable(timeout_s: float = 3.0) -> None:
+    """Open one TCP connection to the hub endpoint; raise ``OSError`` at once when it is unreachable."""
+    from huggingface_hub import constants
+
+    parsed = urlparse(constants.ENDPOINT)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    with socket.create_connection((host, port), timeout=timeout_s):
+        pass
+
+
+def load_hub(name: str, device: str = "auto") -> Encoder:
+    """Load a published open_clip model from the Hugging Face hub (or its local cache).
+
+    Fails fast with :class:`EncoderLoadError` when neither the cache nor the hub has it.
+    """
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(name, CONFIG_NAME, local_files_only=True)
+    except Exception:
+        try:
+            _check_hub_reachable()
+            hf_hub_download(name, CONFIG_NAME, etag_timeout=5)
+        except Exception as exc:
+            raise EncoderLoadError(
+                f"hf-hub:{name} is not in the local Hugging Face cache and the hub cannot be reached "
+                f"({type(exc).__name__}). Offline, pass local-dir:PATH of an exported model instead "
+                "(e.g. one made by `biomedsearch train` / `biomedsearch export`)."
+            ) from exc
+    try:
+        model, preprocess = open_clip.create_model_from_pretrained(f"{HF_HUB_PREFIX}{name}")
+        tokenizer = open_clip.get_tokenizer(f"{HF_HUB_PREFIX}{name}")
+    except Exception as exc:
+        raise EncoderLoadError(f"cannot load hf-hub:{name}: {exc}. Offline, pass local-dir:PATH instead.") from exc
+    return Encoder(model, preprocess, tokenizer, model_id=name, device=resolve_device(device))
+
+
+def load_encoder(spec: str, device: str = "auto") -> Encoder:
+    """Load an encoder from ``local-dir:PATH``, a plain ``PATH`` or ``hf-hub:NAME``.
+
+    ``device``: ``auto`` (GPU when present), ``cpu``, ``cuda`` or ``cuda:N``.
+    Raises :class:`EncoderLoadError` with a message saying what to pass instead.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise EncoderLoadError("empty encoder spec: pass local-dir:PATH, a folder path or hf-hub:NAME")
+    if spec.startswith(HF_HUB_PREFIX):
+        name = spec[len(HF_HUB_PREFIX):]
+        if not name:
+            raise EncoderLoadError("empty hub name after 'hf-hub:'")
+        return load_hub(name, device)
+    if spec.startswith(LOCAL_DIR_PREFIX):
+        spec = spec[len(LOCAL_DIR_PREFIX):]
+    return load_local_dir(spec, device)
