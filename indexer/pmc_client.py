@@ -252,7 +252,7 @@ class PmcClient:
             expected = response.headers.get("content-length")
             written = have if append else 0
             with part.open("ab" if append else "wb") as fh:
-                for chunk in response.iter_bytes(1024 * 1024):
+                for chunk in response.iter_bytes():  # as it arrives: a cut transfer keeps its bytes
                     written += len(chunk)
                     if written > self.max_download_bytes:
                         fh.close()
