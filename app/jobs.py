@@ -75,21 +75,20 @@ def claim_next(session_factory: sessionmaker[Session], worker_id: str) -> Job | 
             job.state, job.worker, job.attempts = "running", worker_id, job.attempts + 1
             job.started_at = job.heartbeat_at = now
             return job
-        for _ in range(10):  # lost races: another worker claimed the row first
-            job_id = session.execute(
-                select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(1)
-            ).scalar_one_or_none()
-            if job_id is None:
-                return None
-            won = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == "queued")
-                .values(state="running", worker=worker_id, attempts=Job.attempts + 1, started_at=now, heartbeat_at=now)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if won == 1:
-                return session.get(Job, job_id, populate_existing=True)
-        return None
+        # One UPDATE with the candidate chosen in a subquery: the statement takes SQLite's write lock
+        # at once (no read-then-write upgrade that could fail with "database is locked"), and the
+        # state = 'queued' condition makes a lost race a no-op.
+        oldest = select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(1).scalar_subquery()
+        job_id = session.execute(
+            update(Job)
+            .where(Job.id == oldest, Job.state == "queued")
+            .values(state="running", worker=worker_id, attempts=Job.attempts + 1, started_at=now, heartbeat_at=now)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        ).scalar_one_or_none()
+        if job_id is None:
+            return None
+        return session.get(Job, job_id, populate_existing=True)
 
 
 def heartbeat(session_factory: sessionmaker[Session], job_id: int, worker_id: str) -> bool:

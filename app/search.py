@@ -217,7 +217,9 @@ class SearchService:
         from indexer.publish import LiveIndexes
 
         try:
-            self._indexes = LiveIndexes(self.settings.index_dir, model_id, use_gpu=self.settings.use_gpu)
+            indexes = LiveIndexes(self.settings.index_dir, model_id, use_gpu=self.settings.use_gpu)
+            indexes.refresh()
+            self._indexes = indexes
             self.index_error = None
         except Exception as exc:
             self.index_error = f"could not open the indexes of {model_id}: {exc}"

@@ -8,14 +8,7 @@ from pathlib import Path
 
 import pytest
 from app_fixtures import make_settings
-
-try:
-    from model_fixtures import tiny_model_dir  # noqa: F401  (session fixture: a few-step trained export)
-except ImportError:  # pragma: no cover - until training's fixture lands
-
-    @pytest.fixture(scope="session")
-    def tiny_model_dir() -> Path:
-        pytest.skip("tests/model_fixtures.py (the tiny trained encoder) is not available")
+from model_fixtures import tiny_model_dir  # noqa: F401  (session fixture: a few-step trained export)
 
 BASE_PACKAGES = ("elife-00353", "elife-19405", "pone.0056489", "2236-8906-hoehnea-49-e1112020")
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from app_fixtures import API_KEY, make_settings
+from app_fixtures import API_KEY, make_settings, running_server
 
 from app.main import create_app
 
@@ -23,18 +22,8 @@ def server(service_home: Path, tiny_model_dir: Path) -> Iterator[str]:
     settings = make_settings(
         service_home, model=f"local-dir:{tiny_model_dir}", run_worker=True, index_poll_s=0.2, worker_poll_s=0.1
     )
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(30)
+    with running_server(create_app(settings)) as url:
+        yield url
 
 
 @pytest.mark.slow
