@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_fixtures import tiny_model_dir  # noqa: F401  (session fixture: the tiny trained encoder)
 from PIL import Image
 from sqlalchemy import func, select
 from vector_fixtures import add_figures, factory_for
@@ -155,3 +156,50 @@ def test_an_encoder_returning_the_wrong_width_is_an_error(sqlite_url: str, tmp_p
     with pytest.raises(EmbeddingError, match="shape"):
         embed_pending(factory, FakeEncoder(dim_out=8), home, progress=False)
     assert count_pending(factory, "fake-0000") == 2  # nothing half-stored
+
+
+def test_real_tiny_encoder_embeds_indexes_and_finds_its_own_figures(
+    sqlite_url: str,
+    tmp_path: Path,
+    shared_data: Path,
+    tiny_model_dir: Path,  # noqa: F811  (the imported session fixture)
+) -> None:
+    """End to end with the project's own trained encoder: MedPix images + captions -> embeddings ->
+    published indexes; a figure's own caption (text->caption) and image (image->image) find it."""
+    import json
+    import shutil
+
+    from indexer.index_update import IndexOptions, update_indexes
+    from indexer.publish import LiveIndexes
+    from training.encoders import load_encoder
+
+    rows = [json.loads(line) for line in (shared_data / "medpix" / "val.jsonl").read_text().splitlines()[:24]]
+    home = tmp_path / "home"
+    (home / "media").mkdir(parents=True)
+    paths = []
+    for row in rows:
+        rel = f"media/{Path(row['image']).name}"
+        shutil.copyfile(shared_data / "medpix" / row["image"], home / rel)
+        paths.append(rel)
+    factory = factory_for(sqlite_url)
+    fids = add_figures(factory, len(rows), image_paths=paths, captions=[r["caption"] for r in rows])
+    encoder = load_encoder(f"local-dir:{tiny_model_dir}", device="cpu")
+    report = embed_pending(factory, encoder, home, batch_size=8, progress=False)
+    print(report.summary())
+    assert (report.images, report.captions, report.failed_images) == (24, 24, [])
+    stored = read_vectors(factory, encoder.model_id, "image")
+    assert stored.vectors.shape == (24, encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(stored.vectors, axis=1), 1.0, atol=1e-4)
+
+    update_indexes(factory, tmp_path / "indexes", encoder.model_id, options=IndexOptions(), progress=False)
+    live = LiveIndexes(tmp_path / "indexes", encoder.model_id)
+    assert live.refresh() and live.ntotal("image") == live.ntotal("caption") == 24
+    captions = list(dict.fromkeys(r["caption"] for r in rows))[:5]
+    first_with = [next(f for f, r in zip(fids, rows, strict=True) if r["caption"] == c) for c in captions]
+    scores, found = live.search("caption", encoder.encode_texts(captions), 3)
+    for want, hits, top in zip(first_with, found, scores[:, 0], strict=True):
+        same_text = [f for f, r in zip(fids, rows, strict=True) if r["caption"] == rows[fids.index(want)]["caption"]]
+        assert hits[0] in same_text and top > 0.99
+    image = Image.open(home / paths[3])
+    _, found = live.search("image", encoder.encode_images([image]), 1)
+    assert found[0, 0] == fids[3]

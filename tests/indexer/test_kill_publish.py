@@ -68,17 +68,9 @@ def _assert_loadable_and_agreeing(url: str, index_dir: Path) -> None:
     assert live.ntotal("image") == live.ntotal("caption") == 600
 
 
-STEPS = [
-    "image:begin",
-    "image:built",
-    "image:written",
-    "image:placed",
-    "image:recorded",
-    "image:switched",
-    "caption:placed",
-    "caption:recorded",
-    "caption:pruned",
-]
+# One kill per distinct on-disk state: temp file only; file placed but not recorded; recorded but
+# not published; image published, caption not yet.
+STEPS = ["image:written", "image:placed", "image:recorded", "caption:begin"]
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -103,7 +95,7 @@ def test_kill_at_random_moments(db_url: str, tmp_path: Path) -> None:
     duration = time.perf_counter() - t0
     assert proc.returncode == 0 and out.strip().endswith("done"), err
     rng = random.Random(1234)
-    for _ in range(4):
+    for _ in range(3):
         proc = _spawn(db_url, tmp_path, 300, 0.0, rebuild=True)
         time.sleep(rng.uniform(0.0, duration))
         proc.kill()  # SIGKILL
