@@ -94,11 +94,12 @@ def claim_next(session_factory: sessionmaker[Session], worker_id: str) -> Job | 
 def heartbeat(session_factory: sessionmaker[Session], job_id: int, worker_id: str) -> bool:
     """Stamp the job's heartbeat; False when the job is no longer ours (re-queued or re-claimed)."""
     with session_scope(session_factory) as session:
-        n = session.execute(
+        result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.worker == worker_id, Job.state == "running")
             .values(heartbeat_at=utcnow())
-        ).rowcount
+        )
+        n = _rowcount(result)
     return n == 1
 
 
@@ -118,26 +119,35 @@ def requeue_stale(session_factory: sessionmaker[Session], stale_after_s: float, 
     cutoff = utcnow() - dt.timedelta(seconds=stale_after_s)
     stale = (Job.state == "running") & ((Job.heartbeat_at < cutoff) | Job.heartbeat_at.is_(None))
     with session_scope(session_factory) as session:
-        failed = session.execute(
-            update(Job)
-            .where(stale, Job.attempts >= max_attempts)
-            .values(
-                state="failed",
-                finished_at=utcnow(),
-                worker=None,
-                stage=None,
+        failed = _rowcount(
+            session.execute(
+                update(Job)
+                .where(stale, Job.attempts >= max_attempts)
+                .values(
+                    state="failed",
+                    finished_at=utcnow(),
+                    worker=None,
+                    stage="abandoned",
+                )
+                .execution_options(synchronize_session=False)
             )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        requeued = session.execute(
-            update(Job)
-            .where(stale, Job.attempts < max_attempts)
-            .values(state="queued", worker=None)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        )
+        requeued = _rowcount(
+            session.execute(
+                update(Job)
+                .where(stale, Job.attempts < max_attempts)
+                .values(state="queued", worker=None)
+                .execution_options(synchronize_session=False)
+            )
+        )
     if requeued or failed:
         log.warning("re-queued %d stale job(s), failed %d out of attempts", requeued, failed)
     return int(requeued) + int(failed)
+
+
+def _rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE (``CursorResult.rowcount``; typed loosely by SQLAlchemy)."""
+    return int(result.rowcount)
 
 
 def job_counts(session_factory: sessionmaker[Session]) -> dict[str, int]:

@@ -129,7 +129,11 @@ def _start(settings: Settings, metrics: Metrics, encoder_loader: Callable[[str, 
     services.background += [stop, poller]
 
     if settings.run_worker:
-        worker = Worker(settings, session_factory, lambda: search.encoder, on_published=search.refresh)
+
+        def switch_indexes() -> None:
+            search.refresh()
+
+        worker = Worker(settings, session_factory, lambda: search.encoder, on_published=switch_indexes)
         worker.start()
         services.worker = worker
     return services

@@ -48,7 +48,7 @@ def get_services(request: Request) -> Services:
     services = getattr(request.app.state, "services", None)
     if services is None:
         raise ApiError(503, "the service is starting")
-    return services  # type: ignore[no-any-return]
+    return services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

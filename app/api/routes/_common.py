@@ -16,7 +16,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {**_ERROR, "description": "Request body over the upload limit"},
     422: {**_ERROR, "description": "Invalid parameters"},
 }
-NOT_READY = {503: {**_ERROR, "description": "The encoder is not loaded"}}
+NOT_READY: dict[int | str, dict[str, Any]] = {503: {**_ERROR, "description": "The encoder is not loaded"}}
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the catalogue
 
