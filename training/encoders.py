@@ -72,7 +72,7 @@ class Encoder:
             # pad only to the longest text in the batch: the HF tower masks padding, so outputs match
             longest = int((ids != self.pad_id).sum(dim=1).max().item()) if ids.numel() else 1
             ids = ids[:, : max(longest, 1)]
-        feats = self.model.encode_text(ids.to(self.device), normalize=True)  # type: ignore[operator]
+        feats = self.model.encode_text(ids.to(self.device), normalize=True)
         return feats.float()
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
@@ -82,7 +82,7 @@ class Encoder:
             for start in range(0, len(images), batch_size):
                 batch = [self.preprocess(im.convert("RGB")) for im in images[start:start + batch_size]]
                 pixels = torch.stack(batch).to(self.device)
-                feats = self.model.encode_image(pixels, normalize=True)  # type: ignore[operator]
+                feats = self.model.encode_image(pixels, normalize=True)
                 out[start:start + len(batch)] = feats.float().cpu().numpy()
         return out
 
@@ -100,7 +100,7 @@ class Encoder:
         """Encode texts padded to the full context length (reference path used to check equivalence)."""
         with torch.inference_mode():
             ids = self.tokenizer([str(t) for t in texts]).to(self.device)
-            return self.model.encode_text(ids, normalize=True).float().cpu().numpy()  # type: ignore[operator]
+            return self.model.encode_text(ids, normalize=True).float().cpu().numpy()
 
 
 def _weights_file(folder: Path) -> Path:

@@ -89,8 +89,10 @@ def train_wordpiece(captions: Iterable[str], out_dir: str | Path, *, vocab_size:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     fast.save_pretrained(str(tmp))
     for path in tmp.iterdir():
+        os.chmod(path, 0o644)
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
+    os.chmod(tmp, 0o755)  # noqa: S103  (a tokenizer is meant to be read by other users)
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / out.name)

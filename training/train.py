@@ -166,12 +166,12 @@ class _ClipStep(nn.Module):
         self.text_cache = text_cache
 
     def forward(self, pixels: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        img = self.model.encode_image(pixels, normalize=True)  # type: ignore[operator]
+        img = self.model.encode_image(pixels, normalize=True)
         if self.text_cache is not None:  # ``text`` holds caption indices into the frozen pooled outputs
-            txt = F.normalize(self.model.text.proj(self.text_cache[text]), dim=-1)  # type: ignore[union-attr,operator]
+            txt = F.normalize(self.model.text.proj(self.text_cache[text]), dim=-1)
         else:
-            txt = self.model.encode_text(text, normalize=True)  # type: ignore[operator]
-        return img, txt, self.model.logit_scale.exp()  # type: ignore[operator]
+            txt = self.model.encode_text(text, normalize=True)
+        return img, txt, self.model.logit_scale.exp()
 
 
 def _tokenize_all(built: BuiltModel, captions: list[str]) -> torch.Tensor:
@@ -189,8 +189,8 @@ def _frozen_text_cache(built: BuiltModel, tokens: torch.Tensor, device: str, pro
             ids = tokens[i:i + 128]
             ids = ids[:, : int((ids != pad).sum(1).max())].to(device)
             mask = (ids != pad).long()
-            hidden = text.transformer(input_ids=ids, attention_mask=mask)  # type: ignore[operator]
-            out.append(text.pooler(hidden, mask).float())  # type: ignore[operator]
+            hidden = text.transformer(input_ids=ids, attention_mask=mask)
+            out.append(text.pooler(hidden, mask).float())
     return torch.cat(out).clone()
 
 

@@ -39,6 +39,8 @@ def _catalogue_manifest(out: Path) -> Path:
             .where(Figure.image_path.is_not(None))
         )
         for image_path, caption, key in rows:
+            if image_path is None:
+                continue
             line = {"image": str(settings.data_home / image_path), "caption": caption, "article": key}
             fh.write(json.dumps(line) + "\n")
             n += 1
