@@ -81,8 +81,10 @@
     const label = fig.label || "Figure";
     document.title = label + (article.title ? " · " + article.title : "") + " · BiomedSearch";
     $("figure-title").textContent = label + (article.title ? " — " + article.title : "");
-    $("caption-title").textContent = fig.caption_title || "";
-    $("caption-title").hidden = !fig.caption_title;
+    // the caption usually repeats its title as its first sentence: show the title apart only when it does not
+    const separateTitle = fig.caption_title && (fig.caption || "").indexOf(fig.caption_title) !== 0;
+    $("caption-title").textContent = separateTitle ? fig.caption_title : "";
+    $("caption-title").hidden = !separateTitle;
     $("caption").textContent = fig.caption || "(no caption)";
     BS.articleMeta($("article-meta"), article);
     if (article.id) {
