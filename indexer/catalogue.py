@@ -54,6 +54,8 @@ class Article(Base):
     """An article: its identifiers, bibliographic metadata and where it came from."""
 
     __tablename__ = "articles"
+    # Ids are never reused on SQLite either: FAISS indexes and the embedding watermark hold them.
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # Stable identity used for idempotent re-ingest: "pmcid:PMC123", "doi:10.x/y", "pmid:1",
@@ -85,7 +87,10 @@ class Figure(Base):
     """One figure image (or one caption-only figure) with its caption and stored media."""
 
     __tablename__ = "figures"
-    __table_args__ = (UniqueConstraint("article_id", "key", name="uq_figures_article_key"),)
+    __table_args__ = (
+        UniqueConstraint("article_id", "key", name="uq_figures_article_key"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), index=True)
@@ -118,6 +123,7 @@ class Embedding(Base):
     __table_args__ = (
         UniqueConstraint("figure_id", "model_id", "kind", name="uq_embeddings_figure_model_kind"),
         Index("ix_embeddings_model_kind_id", "model_id", "kind", "id"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -133,7 +139,10 @@ class IndexVersion(Base):
     """One published FAISS index file for (model, kind) and what it holds."""
 
     __tablename__ = "index_versions"
-    __table_args__ = (UniqueConstraint("model_id", "kind", "version", name="uq_index_versions"),)
+    __table_args__ = (
+        UniqueConstraint("model_id", "kind", "version", name="uq_index_versions"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[str] = mapped_column(String(200))
@@ -153,7 +162,7 @@ class Job(Base):
     """A durable background job (ingest uploads / fetch PMCIDs, embed, publish)."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_id", "state", "id"),)
+    __table_args__ = (Index("ix_jobs_state_id", "state", "id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))  # "ingest" | "fetch" | "reindex"

@@ -58,3 +58,23 @@ def test_deleting_an_article_removes_its_figures_and_embeddings(db_url: str) -> 
         # embeddings go by the database's ON DELETE CASCADE (no ORM relationship loads them)
         assert session.scalar(sa.select(sa.func.count()).select_from(Embedding)) == 0
     engine.dispose()
+
+
+def test_figure_ids_are_never_reused(db_url: str) -> None:
+    """FAISS indexes hold figure ids: a replaced figure's id must not come back for a new figure."""
+    engine = make_engine(db_url)
+    factory = make_session_factory(engine)
+    with session_scope(factory) as session:
+        article = _article()
+        article.figures = [Figure(key="a/1", caption="old")]
+        session.add(article)
+    with session_scope(factory) as session:
+        old = session.scalars(sa.select(Figure)).one()
+        old_id = old.id
+        session.delete(old)
+    with session_scope(factory) as session:
+        article = session.scalars(sa.select(Article)).one()
+        article.figures.append(Figure(key="a/1", caption="new"))
+    with session_scope(factory) as session:
+        assert session.scalars(sa.select(Figure.id)).one() > old_id
+    engine.dispose()

@@ -38,7 +38,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('key')
+    sa.UniqueConstraint('key'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('articles', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_articles_doi'), ['doi'], unique=False)
@@ -61,7 +62,8 @@ def upgrade() -> None:
     sa.Column('params', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('model_id', 'kind', 'version', name='uq_index_versions')
+    sa.UniqueConstraint('model_id', 'kind', 'version', name='uq_index_versions'),
+    sqlite_autoincrement=True
     )
     op.create_table('jobs',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -78,7 +80,8 @@ def upgrade() -> None:
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.create_index('ix_jobs_state_id', ['state', 'id'], unique=False)
@@ -105,7 +108,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['article_id'], ['articles.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('article_id', 'key', name='uq_figures_article_key')
+    sa.UniqueConstraint('article_id', 'key', name='uq_figures_article_key'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('figures', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_figures_article_id'), ['article_id'], unique=False)
@@ -121,7 +125,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['figure_id'], ['figures.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('figure_id', 'model_id', 'kind', name='uq_embeddings_figure_model_kind')
+    sa.UniqueConstraint('figure_id', 'model_id', 'kind', name='uq_embeddings_figure_model_kind'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('embeddings', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_embeddings_figure_id'), ['figure_id'], unique=False)
