@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# Session fixtures shared by several test folders (one tiny encoder trained once per run).
+pytest_plugins = ["model_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get(
     "BIOMEDSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 from app_fixtures import make_settings
-from model_fixtures import tiny_model_dir  # noqa: F401  (session fixture: a few-step trained export)
 
 BASE_PACKAGES = ("elife-00353", "elife-19405", "pone.0056489", "2236-8906-hoehnea-49-e1112020")
 
 
 @pytest.fixture(scope="session")
-def built_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shared_data: Path) -> Path:  # noqa: F811
+def built_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shared_data: Path) -> Path:
     """A data home with 4 real articles ingested, embedded and indexed (SQLite): a template to copy."""
     from app.jobs import index_options, ingest_limits
     from indexer.catalogue import make_engine, make_session_factory, migrate

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_fixtures import tiny_model_dir  # noqa: F401  (session fixture: the tiny trained encoder)
 from PIL import Image
 from sqlalchemy import func, select
 from vector_fixtures import add_figures, factory_for
@@ -162,7 +161,7 @@ def test_real_tiny_encoder_embeds_indexes_and_finds_its_own_figures(
     sqlite_url: str,
     tmp_path: Path,
     shared_data: Path,
-    tiny_model_dir: Path,  # noqa: F811  (the imported session fixture)
+    tiny_model_dir: Path,
 ) -> None:
     """End to end with the project's own trained encoder: MedPix images + captions -> embeddings ->
     published indexes; a figure's own caption (text->caption) and image (image->image) find it."""
