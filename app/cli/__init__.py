@@ -6,7 +6,9 @@ from __future__ import annotations
 from app.cli import (  # noqa: F401  (importing registers the subcommands)
     catalogue_cmds,
     db_cmds,
+    demo_cmds,
     index_cmds,
+    search_cmds,
     service_cmds,
     training_cmds,
 )

@@ -1,0 +1,292 @@
+"""`biomedsearch demo`: from a fresh checkout to a running search service in one command.
+
+Steps, each skipped when its result already exists (so a second run is serving within seconds):
+
+1. **Corpus**: the shared sample data beside the checkout (``../shared/data``: the JATS article
+   packages, the XML-only articles and the MedPix image-caption manifests), a folder the user
+   names, or, when neither exists, PMC OA packages fetched by PMCID.
+2. **Encoder**: a spec the user names; else the published BiomedCLIP when it is in the local
+   Hugging Face cache or the hub answers; else ``biomedclip-tiny`` trained on the corpus (MedPix
+   train split when present, else the catalogue's own figure-caption pairs split by article) and
+   exported to ``<data_home>/models/biomedclip-tiny``.
+3. **Catalogue and indexes**: ingest (idempotent), encode what is not yet encoded, publish indexes.
+
+Serving is the caller's (the CLI runs uvicorn on the result).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from indexer.catalogue import Article, Figure, make_engine, make_session_factory, migrate
+
+if TYPE_CHECKING:
+    from training.encoders import Encoder
+
+log = logging.getLogger(__name__)
+
+BIOMEDCLIP_HUB = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+DEMO_MODEL_NAME = "biomedclip-tiny"
+# A few hundred recent open-access articles are fetched when no local corpus exists.
+FETCH_SINCE_DAYS = 3
+FETCH_LIMIT = 300
+
+
+class DemoError(Exception):
+    """The demo cannot proceed (message says why and what to pass instead)."""
+
+
+@dataclass
+class Corpus:
+    """What the demo ingests, and what it trains on when it has to train."""
+
+    ingest: list[Path]
+    train_jsonl: Path | None = None
+    val_jsonl: Path | None = None
+    description: str = ""
+
+
+@dataclass
+class DemoResult:
+    """What the demo prepared: the encoder spec and one line per step."""
+
+    model_spec: str
+    steps: list[str] = field(default_factory=list)
+
+
+def find_corpus(explicit: Path | None, search_from: Path) -> Corpus | None:
+    """The corpus to ingest: ``explicit`` when given, else ``shared/data`` beside ``search_from``.
+
+    A folder laid out like the shared data (``jats/``, ``medpix/``) is used part by part; any other
+    folder is ingested as a whole (packages, JATS folders, ``.nxml`` and JSONL manifests in it).
+    Returns None when there is no local corpus. Raises DemoError for an explicit path that is missing.
+    """
+    if explicit is not None:
+        root = explicit.expanduser().resolve()
+        if not root.exists():
+            raise DemoError(f"corpus {root} does not exist")
+    else:
+        root = (search_from / ".." / "shared" / "data").resolve()
+        if not root.is_dir():
+            return None
+    jats, medpix = root / "jats", root / "medpix"
+    if not (jats.is_dir() or medpix.is_dir()):
+        return Corpus(ingest=[root], description=str(root))
+    ingest: list[Path] = []
+    if (jats / "packages").is_dir():
+        ingest += sorted((jats / "packages").glob("*.tar.gz"))
+    if (jats / "xml-only").is_dir():
+        ingest += sorted((jats / "xml-only").glob("*.nxml"))
+    train = medpix / "train.jsonl" if (medpix / "train.jsonl").is_file() else None
+    val = medpix / "val.jsonl" if (medpix / "val.jsonl").is_file() else None
+    ingest += [p for p in (train, val) if p is not None]
+    return Corpus(ingest=ingest, train_jsonl=train, val_jsonl=val, description=str(root))
+
+
+def open_catalogue(settings: Settings) -> sessionmaker[Session]:
+    """Migrate the catalogue of ``settings`` and return its session factory."""
+    url = settings.resolved_database_url
+    migrate(url)
+    return make_session_factory(make_engine(url))
+
+
+def load_hub_model(device: str) -> Encoder | None:
+    """The published BiomedCLIP on ``device`` when it is cached locally or the hub answers, else None."""
+    from training.encoders import EncoderLoadError, load_encoder
+
+    try:
+        return load_encoder(BIOMEDCLIP_HUB, device=device)
+    except EncoderLoadError as exc:
+        log.info("published BiomedCLIP not available: %s", exc)
+        return None
+
+
+def _catalogue_pairs(factory: sessionmaker[Session], data_home: Path, out: Path) -> int:
+    """Write the catalogue's figure-caption pairs (figures with an image) as a JSONL manifest.
+
+    Each line has the absolute image path, the caption and the article key as its group, so that
+    training splits by article. Returns the number of lines.
+    """
+    n = 0
+    with factory() as session, open(out, "w", encoding="utf-8") as fh:
+        rows = session.execute(
+            select(Figure.image_path, Figure.caption, Article.key)
+            .join(Article, Figure.article_id == Article.id)
+            .where(Figure.image_path.is_not(None))
+        )
+        for image_path, caption, key in rows:
+            fh.write(json.dumps({"image": str(data_home / image_path), "caption": caption, "article": key}) + "\n")
+            n += 1
+    return n
+
+
+def _split_manifest(src: Path, train_out: Path, val_out: Path) -> None:
+    """Split a pairs manifest by group (article) into train and validation manifests."""
+    from training.data import read_pairs, split_by_group, write_pairs_jsonl
+
+    train, val = split_by_group(read_pairs(src), 0.1, seed=0)
+    write_pairs_jsonl(train, train_out)
+    write_pairs_jsonl(val, val_out)
+
+
+def train_demo_model(
+    settings: Settings, corpus: Corpus | None, factory: sessionmaker[Session], *, progress: bool = True
+) -> Path:
+    """Train ``biomedclip-tiny`` (the best small-data recipe) and publish it under ``models/``.
+
+    Trains on the corpus's MedPix train split (validated on its val split) when present, else on
+    the catalogue's figure-caption pairs split by article. The export is copied into
+    ``<models_dir>/biomedclip-tiny`` atomically. Returns that folder.
+    """
+    from training.train import TrainOptions, train
+
+    runs = settings.data_home / "runs" / DEMO_MODEL_NAME
+    runs.mkdir(parents=True, exist_ok=True)
+    if corpus is not None and corpus.train_jsonl is not None:
+        train_jsonl, val_jsonl = corpus.train_jsonl, corpus.val_jsonl
+    else:
+        pairs = runs / "catalogue-pairs.jsonl"
+        if _catalogue_pairs(factory, settings.data_home, pairs) < 16:
+            raise DemoError("the catalogue has too few figures with images to train an encoder on")
+        train_jsonl, val_jsonl = runs / "train.jsonl", runs / "val.jsonl"
+        _split_manifest(pairs, train_jsonl, val_jsonl)
+    result = train(
+        TrainOptions(
+            config=DEMO_MODEL_NAME,
+            train_data=train_jsonl,
+            val_data=val_jsonl,
+            out_dir=runs,
+            device=settings.device,
+            progress=progress,
+        )
+    )
+    if result.export_dir is None:
+        raise DemoError("training finished without an export")
+    target = settings.models_dir / DEMO_MODEL_NAME
+    publish_folder(result.export_dir, target)
+    return target
+
+
+def publish_folder(src: Path, target: Path) -> None:
+    """Copy folder ``src`` to ``target`` so that ``target`` appears complete or not at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        shutil.copytree(src, staging, dirs_exist_ok=True)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def choose_model(
+    settings: Settings,
+    corpus: Corpus | None,
+    factory: sessionmaker[Session],
+    *,
+    hub_loader: Callable[[str], Encoder | None] = load_hub_model,
+    progress: bool = True,
+) -> tuple[str, str, Encoder | None]:
+    """The encoder spec to index with, a line saying where it came from, and the encoder when
+    choosing it already loaded it (the hub model), so it is not loaded twice."""
+    if settings.model:
+        return settings.model, f"encoder: {settings.model} (as configured)", None
+    existing = settings.default_model_spec()
+    if existing:
+        return existing, f"encoder: {existing} (already exported)", None
+    hub = hub_loader(settings.device)
+    if hub is not None:
+        return BIOMEDCLIP_HUB, f"encoder: {BIOMEDCLIP_HUB} (published weights)", hub
+    folder = train_demo_model(settings, corpus, factory, progress=progress)
+    return f"local-dir:{folder}", f"encoder: trained {DEMO_MODEL_NAME} -> {folder}", None
+
+
+def fetch_corpus(settings: Settings, *, progress: bool = True) -> list[Path]:
+    """Download up to ``FETCH_LIMIT`` recently updated PMC OA packages (no local corpus).
+
+    Returns the package paths; articles that fail to download are logged and skipped.
+    Raises DemoError when the OA service cannot be reached at all.
+    """
+    import datetime as dt
+    import itertools
+
+    from tqdm import tqdm
+
+    from indexer.pmc_client import PmcClient, PmcError
+
+    since = dt.date.today() - dt.timedelta(days=FETCH_SINCE_DAYS)
+    paths: list[Path] = []
+    try:
+        with PmcClient(
+            settings.pmc_oa_url,
+            requests_per_second=settings.pmc_requests_per_second,
+            retries=settings.pmc_retries,
+            timeout_s=settings.pmc_timeout_s,
+        ) as client:
+            records = list(itertools.islice(client.updated_since(since), FETCH_LIMIT))
+            for record in tqdm(records, desc="fetch", unit="article", disable=not progress):
+                try:
+                    paths.append(client.download(record, settings.downloads_dir))
+                except PmcError as exc:
+                    log.warning("not fetched: %s", exc)
+    except PmcError as exc:
+        raise DemoError(
+            f"no local corpus and PMC OA is unreachable ({exc}); pass --corpus DIR with article packages"
+        ) from exc
+    return paths
+
+
+def prepare(
+    settings: Settings,
+    corpus_dir: Path | None,
+    *,
+    search_from: Path,
+    hub_loader: Callable[[str], Encoder | None] = load_hub_model,
+    progress: bool = True,
+) -> DemoResult:
+    """Ingest the corpus, obtain an encoder and publish the indexes; return what was done."""
+    from app.jobs import index_options, ingest_limits
+    from indexer.embeddings import embed_pending
+    from indexer.index_update import update_indexes
+    from indexer.ingest import ingest_paths
+    from training.encoders import load_encoder
+
+    settings.data_home.mkdir(parents=True, exist_ok=True)
+    factory = open_catalogue(settings)
+    corpus = find_corpus(corpus_dir, search_from)
+    paths: Sequence[Path] = corpus.ingest if corpus else fetch_corpus(settings, progress=progress)
+    steps = [f"corpus: {corpus.description if corpus else f'{len(paths)} packages fetched from PMC OA'}"]
+    report = ingest_paths(paths, factory, settings.data_home, limits=ingest_limits(settings), progress=progress)
+    steps.append(report.summary())
+    spec, how, encoder = choose_model(settings, corpus, factory, hub_loader=hub_loader, progress=progress)
+    steps.append(how)
+    if encoder is None:
+        encoder = load_encoder(spec, device=settings.device)
+    steps.append(
+        embed_pending(
+            factory, encoder, settings.data_home, batch_size=settings.encode_batch_size, progress=progress
+        ).summary()
+    )
+    index_report = update_indexes(
+        factory, settings.index_dir, encoder.model_id, options=index_options(settings), progress=progress
+    )
+    steps.append(index_report.summary())
+    return DemoResult(model_spec=spec, steps=steps)
