@@ -1,0 +1,152 @@
+"""Subcommands: ``biomedsearch eval-search`` (the relevance benchmark: Recall@10, nDCG@10 and MRR
+per ranking mode) and ``biomedsearch index-captions`` (caption vectors and index of the optional
+sentence encoder, ``Settings.text_model``, for hybrid search's caption channel)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from app.cli.base import cli, console, fail, load_settings, setup_logging
+from app.cli.index_cmds import _index_options, _load_encoder, _session_factory
+from app.config import Settings
+from app.ranking import ChannelSearch, FusionWeights, dense_channel, lexical_channel
+
+
+def _load_text_model(settings: Settings) -> Any:
+    from training.sentence_encoder import load_sentence_encoder
+
+    assert settings.text_model is not None
+    try:
+        return load_sentence_encoder(settings.text_model, device=settings.device)
+    except Exception as exc:
+        fail(f"cannot load text model {settings.text_model!r}: {exc}")
+
+
+def _live(settings: Settings, model_id: str, kind: str) -> Any:
+    from indexer.publish import LiveIndexes
+
+    live = LiveIndexes(settings.index_dir, model_id, use_gpu=settings.use_gpu)
+    live.refresh()
+    if live.ntotal(kind) == 0:
+        hint = "biomedsearch index-captions" if model_id.startswith("sentence:") else "biomedsearch index"
+        fail(f"no {kind} index published for {model_id} under {settings.index_dir}: run `{hint}` first")
+    return live
+
+
+def _encode_fn(encoder: Any) -> Any:
+    @lru_cache(maxsize=4096)
+    def encode(text: str) -> np.ndarray:
+        return np.asarray(encoder.encode_texts([text]), dtype=np.float32)
+
+    return encode
+
+
+def build_channels(settings: Settings, session_factory: Any, modes: set[str]) -> dict[str, ChannelSearch]:
+    """The benchmark's channels for ``modes`` from the configured encoder(s) and published indexes."""
+    channels: dict[str, ChannelSearch] = {}
+    if modes & {"lexical", "hybrid"}:
+        channels["lexical"] = lexical_channel(session_factory)
+    if modes & {"image", "caption", "hybrid"}:
+        spec = settings.default_model_spec()
+        if spec is None:
+            fail(f"no encoder: set BIOMEDSEARCH_MODEL or export one under {settings.models_dir}")
+        clip = _load_encoder(spec, settings.device)
+        clip_encode = _encode_fn(clip)
+        if modes & {"image", "hybrid"}:
+            channels["image"] = dense_channel(clip_encode, _live(settings, clip.model_id, "image"), "image")
+        if modes & {"caption", "hybrid"}:
+            if settings.text_model:
+                text = _load_text_model(settings)
+                channels["caption"] = dense_channel(
+                    _encode_fn(text), _live(settings, text.model_id, "caption"), "caption"
+                )
+            else:
+                channels["caption"] = dense_channel(clip_encode, _live(settings, clip.model_id, "caption"), "caption")
+    return channels
+
+
+@cli.command("eval-search")
+def eval_search_cmd(
+    queries: Path = typer.Option(..., "--queries", help="Query set (JSONL: query + relevant judgements)."),
+    mode: list[str] = typer.Option(
+        [], "--mode", help="lexical, image, caption or hybrid (repeatable; default: all)."
+    ),
+    k: int = typer.Option(10, "--k", min=1, max=1000, help="Cut-off for Recall / nDCG / MRR."),
+    depth: int = typer.Option(100, "--depth", min=1, max=1000, help="Hits per channel fed to fusion."),
+    tune: bool = typer.Option(False, "--tune", help="Also grid-search the fusion weights on this set."),
+    text_model: str | None = typer.Option(None, "--text-model", help="Caption-channel sentence encoder."),
+    weight_lexical: float | None = typer.Option(None, "--weight-lexical", min=0),
+    weight_image: float | None = typer.Option(None, "--weight-image", min=0),
+    weight_caption: float | None = typer.Option(None, "--weight-caption", min=0),
+    rrf_k: int | None = typer.Option(None, "--rrf-k", min=1),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Relevance benchmark: Recall@k, nDCG@k and MRR of each ranking mode on a query set."""
+    from app.relevance import MODES, QuerySetError, evaluate, read_query_set, resolve, run_channels, tune_weights
+
+    setup_logging(verbose)
+    bad = [m for m in mode if m not in MODES]
+    if bad:
+        fail(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
+    modes = list(dict.fromkeys(mode)) or list(MODES)
+    settings = load_settings(
+        text_model=text_model, weight_lexical=weight_lexical, weight_image=weight_image,
+        weight_caption=weight_caption, rrf_k=rrf_k,
+    )
+    try:
+        raw = read_query_set(queries)
+    except QuerySetError as exc:
+        fail(str(exc))
+    factory = _session_factory(settings)
+    judged, unresolved = resolve(factory, raw)
+    if not judged:
+        fail(f"none of the {len(raw)} queries' judged figures are in the catalogue {settings.resolved_database_url}")
+    channels = build_channels(settings, factory, set(modes))
+    results = run_channels(judged, channels, max(depth, k))
+    weights = FusionWeights.from_settings(settings)
+    report = evaluate(judged, results, weights, k=k, modes=modes, unresolved=unresolved)
+    table = Table(title=f"{queries.name}: {len(judged)} queries")
+    for col in ("mode", f"Recall@{k}", f"nDCG@{k}", "MRR"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for name, s in report.modes.items():
+        table.add_row(name, f"{s.recall:.3f}", f"{s.ndcg:.3f}", f"{s.mrr:.3f}")
+    console.print(table)
+    console.print(
+        f"hybrid weights: lexical {weights.lexical}, image {weights.image}, caption {weights.caption}, "
+        f"rrf_k {weights.rrf_k}; caption channel: {settings.text_model or 'CLIP text tower'}"
+    )
+    if tune and "hybrid" in modes:
+        best, ndcgs = tune_weights([(judged, results)], k=k)
+        console.print(
+            f"tuned: lexical {best.lexical}, image {best.image}, caption {best.caption}, rrf_k {best.rrf_k} "
+            f"-> hybrid nDCG@{k} {ndcgs[0]:.3f}"
+        )
+    console.print(report.summary())
+
+
+@cli.command("index-captions")
+def index_captions_cmd(
+    text_model: str | None = typer.Option(None, "--text-model", help="`minilm` or a model folder."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Embed every caption with the sentence encoder and publish its caption index."""
+    from indexer.caption_embeddings import embed_captions
+    from indexer.index_update import update_indexes
+
+    setup_logging(verbose)
+    settings = load_settings(text_model=text_model)
+    if not settings.text_model:
+        fail("no sentence encoder: pass --text-model minilm (or set BIOMEDSEARCH_TEXT_MODEL)")
+    factory = _session_factory(settings)
+    encoder = _load_text_model(settings)
+    report = embed_captions(factory, encoder, batch_size=batch_size)
+    console.print(report.summary())
+    index_report = update_indexes(factory, settings.index_dir, encoder.model_id, options=_index_options(settings))
+    console.print(index_report.summary())
