@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRA ?= cpu
 
-.PHONY: setup test lint demo serve clean
+.PHONY: setup test test-e2e lint demo serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The fast tier (CI): everything but the end-to-end tests.
 test: setup lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not e2e"
+
+# The end-to-end tier: trains the tiny encoder once, drives Chromium, kills publishers.
+test-e2e: setup
+	$(BIN)/pytest -q -m e2e
 
 demo: setup
 	$(BIN)/biomedsearch demo

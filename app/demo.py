@@ -127,6 +127,8 @@ def _catalogue_pairs(factory: sessionmaker[Session], data_home: Path, out: Path)
             .where(Figure.image_path.is_not(None))
         )
         for image_path, caption, key in rows:
+            if image_path is None:  # excluded by the query; narrows the type
+                continue
             fh.write(json.dumps({"image": str(data_home / image_path), "caption": caption, "article": key}) + "\n")
             n += 1
     return n

@@ -19,6 +19,15 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the end-to-end tier: tests that need the trained tiny encoder, a browser, or kill
+    subprocesses. ``make test`` deselects them (``-m "not e2e"``); ``make test-e2e`` runs them."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if "tiny_model_dir" in names or item.get_closest_marker("browser") or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.e2e)
+
+
 def _shared_data_dir() -> Path | None:
     env = os.environ.get("BIOMEDSEARCH_SHARED_DATA")
     candidates = [Path(env)] if env else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from indexer.catalogue import Base, make_engine
 
 config = context.config

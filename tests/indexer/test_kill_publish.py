@@ -73,6 +73,7 @@ def _assert_loadable_and_agreeing(url: str, index_dir: Path) -> None:
 STEPS = ["image:written", "image:placed", "image:recorded", "caption:begin"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("step", STEPS)
 def test_kill_at_each_publication_step(sqlite_url: str, tmp_path: Path, step: str) -> None:
     factory = factory_for(sqlite_url)
@@ -83,6 +84,7 @@ def test_kill_at_each_publication_step(sqlite_url: str, tmp_path: Path, step: st
     _assert_loadable_and_agreeing(sqlite_url, tmp_path)
 
 
+@pytest.mark.e2e
 def test_kill_at_random_moments(db_url: str, tmp_path: Path) -> None:
     """Rebuild-and-publish runs killed at uniformly random moments of their duration."""
     factory = factory_for(db_url)
