@@ -9,10 +9,14 @@ it receives plain arguments derived from a :class:`Settings`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from indexer.index_update import IndexOptions
+    from indexer.ingest import IngestLimits
 
 
 class Settings(BaseSettings):
@@ -140,3 +144,26 @@ class Settings(BaseSettings):
             return None
         newest = max(exports, key=lambda p: (p / "open_clip_config.json").stat().st_mtime)
         return f"local-dir:{newest}"
+
+    def ingest_limits(self) -> IngestLimits:
+        """The ingestion caps (pixel, archive member count and size, thumbnail size) as the indexer takes them."""
+        from indexer.ingest import IngestLimits
+
+        return IngestLimits(
+            max_image_pixels=self.max_image_pixels,
+            max_archive_members=self.max_archive_members,
+            max_archive_bytes=self.max_archive_bytes,
+            max_member_bytes=self.max_member_bytes,
+            thumbnail_size=self.thumbnail_size,
+        )
+
+    def index_options(self, *, rebuild: bool = False) -> IndexOptions:
+        """The index-building options (exact/approximate threshold, recall target, retrain growth)."""
+        from indexer.index_update import IndexOptions
+
+        return IndexOptions(
+            exact_index_max=self.exact_index_max,
+            recall_target=self.recall_target,
+            retrain_growth=self.retrain_growth,
+            rebuild=rebuild,
+        )

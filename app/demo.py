@@ -265,7 +265,6 @@ def prepare(
     progress: bool = True,
 ) -> DemoResult:
     """Ingest the corpus, obtain an encoder and publish the indexes; return what was done."""
-    from app.jobs import index_options, ingest_limits
     from indexer.embeddings import embed_pending
     from indexer.index_update import update_indexes
     from indexer.ingest import ingest_paths
@@ -276,7 +275,7 @@ def prepare(
     corpus = find_corpus(corpus_dir, search_from)
     paths: Sequence[Path] = corpus.ingest if corpus else fetch_corpus(settings, progress=progress)
     steps = [f"corpus: {corpus.description if corpus else f'{len(paths)} packages fetched from PMC OA'}"]
-    report = ingest_paths(paths, factory, settings.data_home, limits=ingest_limits(settings), progress=progress)
+    report = ingest_paths(paths, factory, settings.data_home, limits=settings.ingest_limits(), progress=progress)
     steps.append(report.summary())
     spec, how, encoder = choose_model(settings, corpus, factory, hub_loader=hub_loader, progress=progress)
     steps.append(how)
@@ -288,7 +287,7 @@ def prepare(
         ).summary()
     )
     index_report = update_indexes(
-        factory, settings.index_dir, encoder.model_id, options=index_options(settings), progress=progress
+        factory, settings.index_dir, encoder.model_id, options=settings.index_options(), progress=progress
     )
     steps.append(index_report.summary())
     return DemoResult(model_spec=spec, steps=steps)

@@ -37,8 +37,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from indexer.catalogue import Job, session_scope, utcnow
-from indexer.index_update import IndexOptions, IndexReport
-from indexer.ingest import IngestLimits, IngestReport
+from indexer.index_update import IndexReport
+from indexer.ingest import IngestReport
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class Worker:
 
         s = self.settings
         self._set(job, "ingest", _STAGE_END["fetch"] if job.kind == "fetch" else 0.0, counts, errors)
-        limits = ingest_limits(s)
+        limits = s.ingest_limits()
         resolved = [unzip_package(p, limits.archive) if p.suffix == ".zip" and p.is_file() else p for p in paths]
         missing = [str(p) for p in resolved if not p.exists()]
         if missing:
@@ -371,7 +371,7 @@ class Worker:
         self._set(job, "publish", _STAGE_END["embed"], counts, errors)
         encoder = self.encoder_provider()
         report = update_indexes(
-            self.session_factory, s.index_dir, encoder.model_id, options=index_options(s), progress=self.progress
+            self.session_factory, s.index_dir, encoder.model_id, options=s.index_options(), progress=self.progress
         )
         counts.update(publish_counts(report))
         if self.on_published is not None:
@@ -389,24 +389,6 @@ class Worker:
 # --- Settings -> indexer arguments, indexer reports -> job counts ------------------------------------
 
 
-def ingest_limits(settings: Settings) -> IngestLimits:
-    """The ingestion caps from the settings."""
-    return IngestLimits(
-        max_image_pixels=settings.max_image_pixels,
-        max_archive_members=settings.max_archive_members,
-        max_archive_bytes=settings.max_archive_bytes,
-        max_member_bytes=settings.max_member_bytes,
-        thumbnail_size=settings.thumbnail_size,
-    )
-
-
-def index_options(settings: Settings) -> IndexOptions:
-    """The index-building options from the settings."""
-    return IndexOptions(
-        exact_index_max=settings.exact_index_max,
-        recall_target=settings.recall_target,
-        retrain_growth=settings.retrain_growth,
-    )
 
 
 def ingest_counts(report: IngestReport) -> dict[str, Any]:

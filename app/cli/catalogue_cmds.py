@@ -10,20 +10,9 @@ import typer
 from app.cli.base import cli, console, fail, load_settings
 from app.config import Settings
 from indexer.catalogue import make_engine, make_session_factory, migrate
-from indexer.ingest import IngestLimits, IngestReport, ingest_paths
+from indexer.ingest import IngestReport, ingest_paths
 from indexer.packages import PackageError
 from indexer.pmc_client import PmcError, fetch_packages
-
-
-def ingest_limits(settings: Settings) -> IngestLimits:
-    """The ingestion caps configured in ``settings``."""
-    return IngestLimits(
-        max_image_pixels=settings.max_image_pixels,
-        max_archive_members=settings.max_archive_members,
-        max_archive_bytes=settings.max_archive_bytes,
-        max_member_bytes=settings.max_member_bytes,
-        thumbnail_size=settings.thumbnail_size,
-    )
 
 
 def _run_ingest(settings: Settings, paths: list[Path], progress: bool, verbose: bool) -> IngestReport:
@@ -36,7 +25,7 @@ def _run_ingest(settings: Settings, paths: list[Path], progress: bool, verbose: 
                 paths,
                 make_session_factory(engine),
                 settings.data_home,
-                limits=ingest_limits(settings),
+                limits=settings.ingest_limits(),
                 progress=progress,
             )
         finally:

@@ -20,17 +20,6 @@ from app.cli.base import cli, console, fail, load_settings, setup_logging
 from app.config import Settings
 
 
-def _index_options(settings: Settings, rebuild: bool = False) -> Any:
-    from indexer.index_update import IndexOptions
-
-    return IndexOptions(
-        exact_index_max=settings.exact_index_max,
-        recall_target=settings.recall_target,
-        retrain_growth=settings.retrain_growth,
-        rebuild=rebuild,
-    )
-
-
 def _session_factory(settings: Settings) -> sessionmaker[Session]:
     from indexer.catalogue import make_engine, make_session_factory, migrate
 
@@ -107,7 +96,8 @@ def index_cmd(
         dist.destroy_process_group()
         if rank != 0:
             return
-    result = update_indexes(factory, settings.index_dir, encoder.model_id, options=_index_options(settings, rebuild))
+    options = settings.index_options(rebuild=rebuild)
+    result = update_indexes(factory, settings.index_dir, encoder.model_id, options=options)
     console.print(result.summary())
 
 
@@ -137,7 +127,7 @@ def check_cmd(
     bad = False
     for model_id in model_ids:
         report = check_indexes(
-            factory, settings.index_dir, model_id, repair=repair, options=_index_options(settings)
+            factory, settings.index_dir, model_id, repair=repair, options=settings.index_options()
         )
         console.print(f"[bold]{model_id}[/]\n{report.summary()}")
         repaired = all(

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from app.cli.base import cli, console, fail, load_settings, setup_logging
-from app.cli.index_cmds import _index_options, _load_encoder, _session_factory
+from app.cli.index_cmds import _load_encoder, _session_factory
 from app.config import Settings
 from app.ranking import ChannelSearch, FusionWeights, dense_channel, lexical_channel
 
@@ -148,5 +148,5 @@ def index_captions_cmd(
     encoder = _load_text_model(settings)
     report = embed_captions(factory, encoder, batch_size=batch_size)
     console.print(report.summary())
-    index_report = update_indexes(factory, settings.index_dir, encoder.model_id, options=_index_options(settings))
+    index_report = update_indexes(factory, settings.index_dir, encoder.model_id, options=settings.index_options())
     console.print(index_report.summary())

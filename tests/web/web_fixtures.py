@@ -50,7 +50,6 @@ def web_settings(data_home: Path, model_dir: Path, **overrides: Any) -> Settings
 
 def build_home(home: Path, model_dir: Path, packages: list[Path]) -> None:
     """Ingest ``packages`` into ``home``, embed them with the model and publish the indexes."""
-    from app.jobs import index_options, ingest_limits
     from indexer.catalogue import make_engine, make_session_factory, migrate
     from indexer.embeddings import embed_pending
     from indexer.index_update import update_indexes
@@ -64,11 +63,11 @@ def build_home(home: Path, model_dir: Path, packages: list[Path]) -> None:
     engine = make_engine(url)
     factory = make_session_factory(engine)
     try:
-        report = ingest_paths(packages, factory, home, limits=ingest_limits(settings), progress=False)
+        report = ingest_paths(packages, factory, home, limits=settings.ingest_limits(), progress=False)
         assert len(report.article_ids) == len(packages), report.summary()
         encoder = load_encoder(f"local-dir:{model_dir}", device="cpu")
         embed_pending(factory, encoder, home, batch_size=16, progress=False)
-        update_indexes(factory, settings.index_dir, encoder.model_id, options=index_options(settings), progress=False)
+        update_indexes(factory, settings.index_dir, encoder.model_id, options=settings.index_options(), progress=False)
     finally:
         engine.dispose()
 
