@@ -109,11 +109,39 @@ class FigureOut(BaseModel):
     article: ArticleRef
 
 
+class Match(BaseModel):
+    """Why a text-search result matched: the signals that found it, its rank in each, and the
+    query terms found per field (``caption``, ``mention``, ``title``, ``label``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "channels": ["lexical", "image"],
+                    "ranks": {"lexical": 1, "image": 7},
+                    "terms": ["steatosis", "liver"],
+                    "where": {"caption": ["steatosis", "liver"], "mention": ["steatosis"]},
+                }
+            ]
+        }
+    )
+    channels: list[str] = Field(description="Signals that returned the figure: lexical, image, caption.")
+    ranks: dict[str, int] = Field(description="The figure's 1-based rank in each signal.")
+    terms: list[str] = Field(default_factory=list, description="Query terms found in the figure's text.")
+    where: dict[str, list[str]] = Field(
+        default_factory=dict, description="Field (caption, mention, title, label) -> the words that matched there."
+    )
+
+
 class FigureHit(FigureOut):
-    """A ranked search result: a figure with its rank (1-based, across pages) and score."""
+    """A ranked search result: a figure with its rank (1-based, across pages), score and match."""
 
     rank: int = Field(ge=1)
-    score: float = Field(description="Cosine similarity of the query and the figure (or caption).")
+    score: float = Field(
+        description="dense / image modes: cosine similarity of the query and the figure (or caption); "
+        "hybrid and lexical: the fused reciprocal-rank score (comparable within one query only)."
+    )
+    match: Match | None = Field(None, description="hybrid and lexical text search: why the figure matched.")
 
 
 class SearchResponse(BaseModel):
@@ -124,7 +152,8 @@ class SearchResponse(BaseModel):
             "examples": [
                 {
                     "query": "chest CT",
-                    "mode": "dense",
+                    "mode": "hybrid",
+                    "channels": ["lexical", "image", "caption"],
                     "k": 10,
                     "offset": 0,
                     "indexed": 1234,
@@ -135,7 +164,13 @@ class SearchResponse(BaseModel):
         }
     )
     query: str | None = Field(None, description="The text query (absent for image queries).")
-    mode: str = Field(description="`dense` (text->image), `text` (image->caption) or `image` (image->image).")
+    mode: str = Field(
+        description="Text queries: `hybrid` (lexical + dense fused), `dense` (CLIP text->image) or `lexical`; "
+        "image queries: `text` (image->caption) or `image` (image->image)."
+    )
+    channels: list[str] = Field(
+        default_factory=list, description="Signals that took part: lexical, image (index), caption (index)."
+    )
     k: int
     offset: int
     indexed: int = Field(description="Vectors in the index that was searched (0: nothing indexed yet).")

@@ -1,13 +1,17 @@
 """Query answering: encode the query, search a vector index, join the catalogue, page and filter.
 
-The pipeline has three steps, kept apart so that a lexical channel and rank fusion (hybrid mode,
-``Settings.search_mode``) can be added as one more *candidate source*:
+The pipeline has three steps:
 
 1. **Candidates.** A :data:`CandidateSource` maps ``n`` to the best ``n`` ``(figure_id, score)``
-   pairs, best first. Today there is one kind, a dense source (:meth:`SearchService.dense_source`)
-   over the image index (text->image, image->image) or the caption index (image->text). A lexical
-   source and a fusion of several sources (e.g. reciprocal rank fusion with ``rrf_k`` and the
-   channel weights) have the same shape and plug in at :meth:`SearchService.search_text`.
+   pairs, best first. A dense source (:meth:`SearchService.dense_source`) searches the image index
+   (text->image, image->image) or the caption index (image->text). Text queries take a ``mode``
+   (default ``Settings.search_mode``): ``dense`` is the CLIP image index alone; ``lexical`` the
+   full-text index over caption, mentions, title and label; ``hybrid`` fuses the lexical channel,
+   the image channel and a caption channel (the sentence encoder ``Settings.text_model`` when one is
+   configured and its caption index is published, else the CLIP caption index) by weighted
+   reciprocal rank fusion (:mod:`app.ranking`). Each fused candidate carries which channels found
+   it, at which rank, and the matched terms per field (for highlighting). Hybrid degrades to the
+   channels that are available: without an encoder it is lexical search.
 2. **Filters by over-fetching.** FAISS knows nothing of years, journals or licenses, so a filtered
    query asks its source for more candidates than the page needs (``max(4 * (offset + k), 50)``),
    joins them with the catalogue under the SQL filters, and, while the page is not yet full and
@@ -43,20 +47,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.metrics import Metrics, timed
 from app.middleware import ApiError
+from app.ranking import ChannelHit, ChannelSearch, FusedHit, FusionWeights, fuse
 from indexer.catalogue import Article, Embedding, Figure
+from indexer.lexical import LexicalFilters, search_lexical
 
 log = logging.getLogger(__name__)
 
 RETRY_LOAD_S = 30.0
 INDEX_KINDS = ("image", "caption")
+TEXT_MODES = ("hybrid", "dense", "lexical")
+MAX_CANDIDATES = 20_000  # a filtered query's over-fetching stops here
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One ranked candidate from a source: a figure id and its score (higher is better)."""
+    """One ranked candidate from a source: a figure id, its score (higher is better) and, for
+    fused candidates, why it matched (:class:`app.ranking.FusedHit`)."""
 
     figure_id: int
     score: float
+    match: FusedHit | None = None
 
 
 CandidateSource = Callable[[int], list[Candidate]]
@@ -80,21 +90,25 @@ class Filters:
 
 @dataclass(frozen=True)
 class Hit:
-    """A joined result: rank (1-based), score, the figure and its article."""
+    """A joined result: rank (1-based), score, the figure and its article, and (hybrid and lexical
+    modes) why it matched."""
 
     rank: int
     score: float
     figure: Figure
     article: Article
+    match: FusedHit | None = None
 
 
 @dataclass(frozen=True)
 class Page:
-    """One page of hits plus what was searched."""
+    """One page of hits plus what was searched (``mode`` and the ``channels`` that took part)."""
 
     hits: list[Hit]
     indexed: int
     index_version: int | None
+    mode: str = "dense"
+    channels: tuple[str, ...] = ()
 
 
 class TextEmbeddingCache:
@@ -173,6 +187,11 @@ class SearchService:
         self._last_attempt = 0.0
         self.encoder_error: str | None = None
         self.index_error: str | None = None
+        # the caption channel's optional sentence encoder (Settings.text_model) and its indexes
+        self._text_encoder: SerializedEncoder | None = None
+        self._text_indexes: Any = None
+        self._text_attempt = 0.0
+        self.text_error: str | None = None
 
     # --- loading ------------------------------------------------------------------------------------
     def load(self, *, force: bool = False) -> None:
@@ -291,8 +310,11 @@ class SearchService:
 
     # --- encoding -----------------------------------------------------------------------------------
     def encode_text(self, text: str) -> np.ndarray:
-        """The [1, dim] embedding of ``text`` (from the LRU cache when it was asked before)."""
-        encoder = self.encoder
+        """The [1, dim] embedding of ``text`` by the CLIP encoder (cached, see ``_encode_text_with``)."""
+        return self._encode_text_with(self.encoder, text)
+
+    def _encode_text_with(self, encoder: SerializedEncoder, text: str) -> np.ndarray:
+        """The [1, dim] embedding of ``text`` by ``encoder`` (from the LRU cache when it was asked before)."""
         key = (encoder.model_id, text)
         cached = self.cache.get(key)
         if cached is not None:
@@ -329,17 +351,132 @@ class SearchService:
 
         return fetch
 
+    # --- hybrid channels ------------------------------------------------------------------------------
+    def _load_text_encoder(self) -> None:
+        """Load ``Settings.text_model`` and its caption indexes once (retried every RETRY_LOAD_S)."""
+        if not self.settings.text_model or self._text_indexes is not None:
+            return
+        with self._load_lock:
+            now = time.monotonic()
+            if self._text_indexes is not None or (self._text_attempt and now - self._text_attempt < RETRY_LOAD_S):
+                return
+            self._text_attempt = now
+            try:
+                from indexer.publish import LiveIndexes
+                from training.sentence_encoder import load_sentence_encoder
+
+                encoder = SerializedEncoder(load_sentence_encoder(self.settings.text_model, self.settings.device))
+                indexes = LiveIndexes(self.settings.index_dir, encoder.model_id, use_gpu=self.settings.use_gpu)
+                indexes.refresh()
+                self._text_encoder, self._text_indexes = encoder, indexes
+                self.text_error = None
+            except Exception as exc:  # the caption channel falls back to the CLIP caption index
+                self.text_error = f"could not load the caption-channel text model {self.settings.text_model!r}: {exc}"
+                log.error("%s", self.text_error)
+
+    def _caption_channel(self) -> ChannelSearch | None:
+        """The caption channel: the sentence encoder's caption index when configured and non-empty,
+        else the CLIP caption index, else None."""
+        self._load_text_encoder()
+        if self._text_encoder is not None and self._text_indexes is not None:
+            try:
+                self._text_indexes.refresh()
+                if int(self._text_indexes.ntotal("caption")) > 0:
+                    return self._dense_channel(self._text_encoder, self._text_indexes, "caption")
+            except Exception as exc:
+                log.warning("caption-channel index unavailable: %s", exc)
+        if self._encoder is not None and self.ntotal("caption") > 0:
+            return self._dense_channel(self._encoder, self._indexes, "caption")
+        return None
+
+    def _dense_channel(self, encoder: SerializedEncoder, indexes: Any, kind: str) -> ChannelSearch:
+        """A text channel over ``indexes``' ``kind`` index, the query encoded (and cached) by ``encoder``."""
+
+        def search(query: str, n: int) -> list[ChannelHit]:
+            vec = self._encode_text_with(encoder, query)
+            with timed(self.metrics.index_search, kind):
+                scores, ids = indexes.search(kind, vec, n)
+            return [
+                ChannelHit(int(fid), float(score))
+                for score, fid in zip(np.asarray(scores)[0], np.asarray(ids)[0], strict=False)
+                if int(fid) >= 0
+            ]
+
+        return search
+
+    def _lexical_channel(self, filters: Filters) -> ChannelSearch:
+        lexical_filters = None if filters.empty else LexicalFilters(
+            filters.year_from, filters.year_to, filters.journal, filters.license
+        )
+
+        def search(query: str, n: int) -> list[ChannelHit]:
+            with timed(self.metrics.db, "lexical"), self.session_factory() as session:
+                hits = search_lexical(session, query, n, lexical_filters)
+            return [ChannelHit(h.figure_id, h.score, h.terms, h.where) for h in hits]
+
+        return search
+
+    def text_channels(self, mode: str, filters: Filters) -> dict[str, ChannelSearch]:
+        """The channels of ``mode`` that are available now (hybrid: lexical + image + caption).
+
+        ``dense`` needs the encoder (503 without one); ``hybrid`` uses what is loaded.
+        """
+        weights = FusionWeights.from_settings(self.settings)
+        channels: dict[str, ChannelSearch] = {}
+        if mode in ("hybrid", "lexical") and (mode == "lexical" or weights.lexical > 0):
+            channels["lexical"] = self._lexical_channel(filters)
+        if mode == "hybrid":
+            if self._encoder is None:
+                self.load()
+            if self._encoder is not None and weights.image > 0 and self.ntotal("image") > 0:
+                channels["image"] = self._dense_channel(self._encoder, self._indexes, "image")
+            if weights.caption > 0:
+                caption = self._caption_channel()
+                if caption is not None:
+                    channels["caption"] = caption
+        return channels
+
+    def fused_source(self, query: str, channels: dict[str, ChannelSearch]) -> CandidateSource:
+        """A candidate source fusing ``channels`` (weighted RRF); each candidate carries its match."""
+        weights = FusionWeights.from_settings(self.settings)
+        if set(channels) == {"lexical"}:
+            weights = FusionWeights(lexical=1.0, image=0.0, caption=0.0, rrf_k=weights.rrf_k)
+
+        def fetch(n: int) -> list[Candidate]:
+            depth = max(n, 50)
+            results = {name: channel(query, depth) for name, channel in channels.items()}
+            return [Candidate(h.figure_id, h.score, h) for h in fuse(results, weights)[:n]]
+
+        return fetch
+
     # --- queries -------------------------------------------------------------------------------------
-    def search_text(self, text: str, k: int, offset: int, filters: Filters) -> Page:
-        """Text -> image: figures whose image embedding is nearest the text's."""
-        query = self.encode_text(text)
-        return self.page(self.dense_source("image", query), "image", k, offset, filters)
+    def search_text(self, text: str, k: int, offset: int, filters: Filters, mode: str | None = None) -> Page:
+        """Text -> figures in ``mode`` (default ``Settings.search_mode``; see the module docstring)."""
+        mode = mode or self.settings.search_mode
+        if mode not in TEXT_MODES:
+            raise ApiError(422, f"mode must be one of {', '.join(TEXT_MODES)}")
+        if mode == "dense":
+            query = self.encode_text(text)
+            return self.page(self.dense_source("image", query), "image", k, offset, filters, channels=("image",))
+        channels = self.text_channels(mode, filters)
+        indexed = self.ntotal("image") if mode == "hybrid" else self.catalogue_size()
+        page = self.page(
+            self.fused_source(text, channels), "image", k, offset, filters,
+            total=MAX_CANDIDATES, indexed=indexed, channels=tuple(channels),
+        )
+        return Page(page.hits, page.indexed, page.index_version, mode, page.channels)
+
+    def catalogue_size(self) -> int:
+        """Figures in the catalogue (what lexical search covers)."""
+        with timed(self.metrics.db, "count"), self.session_factory() as session:
+            return int(session.execute(select(func.count(Figure.id))).scalar_one())
 
     def search_image(self, image: Image.Image, k: int, offset: int, mode: str, filters: Filters) -> Page:
         """Image -> text (``mode='text'``: nearest captions) or image -> image (``mode='image'``)."""
         query = self.encode_image(image)
         kind = "caption" if mode == "text" else "image"
-        return self.page(self.dense_source(kind, query), kind, k, offset, filters)
+        page = self.page(self.dense_source(kind, query), kind, k, offset, filters, channels=(kind,))
+        return Page(page.hits, page.indexed, page.index_version, mode, page.channels)
 
     def similar(self, figure_id: int, k: int, offset: int, filters: Filters) -> Page:
         """Figures whose images are nearest figure ``figure_id``'s (itself excluded)."""
@@ -361,15 +498,35 @@ class SearchService:
                 code="not_embedded",
             )
         query = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(1, -1)
-        return self.page(self.dense_source("image", query, exclude=figure_id), "image", k, offset, filters)
+        page = self.page(
+            self.dense_source("image", query, exclude=figure_id), "image", k, offset, filters, channels=("image",)
+        )
+        return Page(page.hits, page.indexed, page.index_version, "image", page.channels)
 
-    def page(self, source: CandidateSource, kind: str, k: int, offset: int, filters: Filters) -> Page:
-        """Fetch candidates from ``source``, filter and join them, and cut the page ``[offset, offset+k)``."""
+    def page(
+        self,
+        source: CandidateSource,
+        kind: str,
+        k: int,
+        offset: int,
+        filters: Filters,
+        *,
+        total: int | None = None,
+        indexed: int | None = None,
+        channels: tuple[str, ...] = (),
+    ) -> Page:
+        """Fetch candidates from ``source``, filter and join them, and cut the page ``[offset, offset+k)``.
+
+        ``total`` bounds how many candidates the source can give (default: the ``kind`` index's
+        size); ``indexed`` is what the page reports as searched (default: the same).
+        """
         need = offset + k
-        total = self.ntotal(kind)
+        size = self.ntotal(kind)
         version = self.version(kind)
+        total = size if total is None else total
+        indexed = size if indexed is None else indexed
         if total == 0:
-            return Page([], 0, version)
+            return Page([], indexed, version, channels=channels)
         n = need if filters.empty else max(4 * need, 50)
         n = min(n, total)
         while True:
@@ -379,11 +536,14 @@ class SearchService:
                 break
             n = min(total, 4 * n)
         hits = [
-            Hit(rank=i + 1, score=score, figure=fig, article=art) for i, (score, fig, art) in enumerate(joined[:need])
+            Hit(rank=i + 1, score=score, figure=fig, article=art, match=match)
+            for i, (score, fig, art, match) in enumerate(joined[:need])
         ]
-        return Page(hits[offset:], total, version)
+        return Page(hits[offset:], indexed, version, channels=channels)
 
-    def join(self, candidates: list[Candidate], filters: Filters) -> list[tuple[float, Figure, Article]]:
+    def join(
+        self, candidates: list[Candidate], filters: Filters
+    ) -> list[tuple[float, Figure, Article, FusedHit | None]]:
         """Candidates (in order, duplicates dropped) joined with their figure and article rows,
         keeping those that pass ``filters``."""
         if not candidates:
@@ -399,14 +559,14 @@ class SearchService:
         if filters.license:
             stmt = stmt.where(func.lower(Article.license) == filters.license.strip().lower())
         with timed(self.metrics.db, "join"), self.session_factory() as session:
-            rows = {fig.id: (fig, art) for fig, art in session.execute(stmt).tuples()}
-        out: list[tuple[float, Figure, Article]] = []
+            rows = {fig.id: (fig, art) for fig, art in session.execute(stmt)}
+        out: list[tuple[float, Figure, Article, FusedHit | None]] = []
         seen: set[int] = set()
         for c in candidates:
             if c.figure_id in rows and c.figure_id not in seen:
                 seen.add(c.figure_id)
                 fig, art = rows[c.figure_id]
-                out.append((c.score, fig, art))
+                out.append((c.score, fig, art, c.match))
         return out
 
 

@@ -52,7 +52,7 @@ def test_empty_index_answers_empty_results_and_readyz_says_why(client: TestClien
     resp = client.get("/api/search", params={"q": "chest CT"})
     assert resp.status_code == 200
     body = resp.json()
-    assert body["results"] == [] and body["indexed"] == 0 and body["mode"] == "dense"
+    assert body["results"] == [] and body["indexed"] == 0 and body["mode"] == "hybrid"
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["ready"] is False
@@ -86,9 +86,9 @@ def test_query_embeddings_are_cached(client: TestClient, encoder: HashEncoder) -
     start = encoder.text_calls
     hits_before = _metric(client, 'biomedsearch_query_cache_total{result="hit"}')
     for _ in range(3):
-        assert client.get("/api/search", params={"q": "MRI of the knee"}).status_code == 200
+        assert client.get("/api/search", params={"q": "MRI of the knee", "mode": "dense"}).status_code == 200
     assert encoder.text_calls == start + 1
-    client.get("/api/search", params={"q": "another query"})
+    client.get("/api/search", params={"q": "another query", "mode": "dense"})
     assert encoder.text_calls == start + 2
     assert _metric(client, 'biomedsearch_query_cache_total{result="hit"}') == hits_before + 2
 
@@ -243,7 +243,7 @@ def test_cors_opens_for_configured_origins(tmp_path: Path, encoder: HashEncoder)
 def test_missing_encoder_is_reported_not_crashed(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home", model=None)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-        body = assert_error(c.get("/api/search", params={"q": "x"}), 503, "unavailable")
+        body = assert_error(c.get("/api/search", params={"q": "x", "mode": "dense"}), 503, "unavailable")
         assert "no encoder configured" in body["message"]
         ready = c.get("/readyz")
         assert ready.status_code == 503 and "no encoder configured" in ready.json()["reasons"][0]

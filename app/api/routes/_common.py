@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.middleware import ApiError
-from app.schemas import MAX_DEPTH, ErrorResponse, FigureHit, SearchResponse, figure_fields
+from app.ranking import describe
+from app.schemas import MAX_DEPTH, ErrorResponse, FigureHit, Match, SearchResponse, figure_fields
 from app.search import Page
 
 _ERROR = {"model": ErrorResponse}
@@ -33,14 +34,23 @@ def check_years(year_from: int | None, year_to: int | None) -> None:
         raise ApiError(422, f"year_from ({year_from}) is after year_to ({year_to})")
 
 
-def search_response(page: Page, *, mode: str, k: int, offset: int, query: str | None = None) -> SearchResponse:
-    """The API answer for a :class:`Page`."""
+def search_response(page: Page, *, k: int, offset: int, query: str | None = None) -> SearchResponse:
+    """The API answer for a :class:`Page` (its mode and channels, each hit's match when it has one)."""
     return SearchResponse(
         query=query,
-        mode=mode,
+        mode=page.mode,
+        channels=list(page.channels),
         k=k,
         offset=offset,
         indexed=page.indexed,
         index_version=page.index_version,
-        results=[FigureHit(rank=h.rank, score=h.score, **figure_fields(h.figure, h.article)) for h in page.hits],
+        results=[
+            FigureHit(
+                rank=h.rank,
+                score=h.score,
+                match=Match(**describe(h.match)) if h.match is not None else None,
+                **figure_fields(h.figure, h.article),
+            )
+            for h in page.hits
+        ],
     )

@@ -95,4 +95,4 @@ def similar(
     """Nearest figures by image embedding (the figure itself excluded)."""
     check_depth(k, offset)
     page = search.similar(figure_id, k, offset, Filters())
-    return search_response(page, mode="image", k=k, offset=offset)
+    return search_response(page, k=k, offset=offset)

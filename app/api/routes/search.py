@@ -30,8 +30,12 @@ License = Annotated[str | None, Query(min_length=1, max_length=200, description=
     "",
     response_model=SearchResponse,
     summary="Text -> figures",
-    description="Figures whose images best match the text (cosine of the CLIP embeddings), best first. "
-    "Filters (year range, journal, license) are applied by over-fetching candidates from the index. "
+    description="Figures that best match the text, best first. `mode=hybrid` (the default, set by "
+    "`BIOMEDSEARCH_SEARCH_MODE`) fuses full-text search over caption, mentions, article title and label "
+    "with the CLIP image index and a caption index by weighted reciprocal rank fusion; each result's "
+    "`match` says which signals found it and which query terms matched where. `mode=dense` is the CLIP "
+    "image index alone, `mode=lexical` the full-text index alone. Filters (year range, journal, license) "
+    "are applied in the full-text query and by over-fetching candidates from the vector indexes. "
     "Before anything is indexed the result list is empty.",
 )
 def search_text(
@@ -48,11 +52,12 @@ def search_text(
     journal: Journal = None,
     license: License = None,
     mode: Annotated[
-        Literal["dense"] | None,
-        Query(description="Ranking: `dense` (CLIP embeddings) is the one available here."),
+        Literal["hybrid", "dense", "lexical"] | None,
+        Query(description="Ranking: `hybrid` (lexical + dense, fused), `dense` (CLIP) or `lexical`; "
+              "default: the service's `search_mode` setting."),
     ] = None,
 ) -> SearchResponse:
-    """Encode ``q`` (cached), search the image index, join, filter and page."""
+    """Rank figures for ``q`` in ``mode``, join, filter and page."""
     text = q.strip()
     if not text:
         raise ApiError(422, "q must contain some non-space text")
@@ -61,8 +66,8 @@ def search_text(
     check_depth(k, offset)
     check_years(year_from, year_to)
     filters = Filters(year_from=year_from, year_to=year_to, journal=journal, license=license)
-    page = search.search_text(text, k, offset, filters)
-    return search_response(page, mode="dense", k=k, offset=offset, query=text)
+    page = search.search_text(text, k, offset, filters, mode)
+    return search_response(page, k=k, offset=offset, query=text)
 
 
 @router.post(
@@ -91,4 +96,4 @@ def search_image(
         raise ApiError(422, "the uploaded file is empty")
     image = decode_query_image(data, settings.max_image_pixels)
     page = search.search_image(image, k, offset, mode, Filters())
-    return search_response(page, mode=mode, k=k, offset=offset)
+    return search_response(page, k=k, offset=offset)

@@ -188,17 +188,22 @@
     return fragment;
   }
 
-  /* What a search result says about how it matched (hybrid ranking): {signals: [...], terms: [...]}.
-     Accepts `match: {signals, terms}` or top-level `signals` / `matched_terms`. */
+  /* What a search result says about how it matched (hybrid ranking, the API's `match`):
+     {signals: [...], terms: [...], fields: [...]}: the signals (lexical, image, caption) that found it,
+     the query terms found in its text, and the text fields they were found in. */
   function matchInfo(hit) {
     const match = (hit && typeof hit.match === "object" && hit.match) || {};
-    const signals = match.signals || hit.signals || [];
-    const terms = match.terms || match.matched_terms || hit.matched_terms || [];
+    const signals = match.channels || match.signals || [];
+    const terms = match.terms || [];
+    const where = (match.where && typeof match.where === "object") ? match.where : {};
     return {
       signals: Array.isArray(signals) ? signals.map(String) : Object.keys(signals),
       terms: Array.isArray(terms) ? terms.map(String) : [],
+      fields: Object.keys(where).filter(function (f) { return Array.isArray(where[f]) && where[f].length; }),
     };
   }
+
+  const SIGNAL_NAMES = { lexical: "words", image: "image", caption: "caption meaning" };
 
   function formatScore(score) {
     return typeof score === "number" && isFinite(score) ? score.toFixed(3) : "";
@@ -247,7 +252,11 @@
     if (opts.showScore !== false && fig.score !== undefined) facts.push("score " + formatScore(fig.score));
     const badges = info.signals.length
       ? el("ul", { class: "signals", "aria-label": "Matched by" },
-          info.signals.map(function (s) { return el("li", { text: s }); }))
+          info.signals.map(function (s) {
+            const name = SIGNAL_NAMES[s] || s;
+            const text = s === "lexical" && info.fields.length ? name + " in " + info.fields.join(", ") : name;
+            return el("li", { text: text, dataset: { signal: s } });
+          }))
       : null;
     const link = el("a", { href: href, class: "card-link" }, [
       el("span", { class: "thumb" }, [thumbnail(fig)]),
