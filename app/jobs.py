@@ -168,8 +168,10 @@ class Worker:
     """Runs queued jobs one at a time (see the module docstring).
 
     ``encoder_provider`` returns the encoder to embed with (the API shares its own; the standalone
-    worker loads one on first use); ``on_published`` is called after each publish (the API
-    refreshes its live indexes there so new figures are searchable at once).
+    worker loads one on first use); ``text_encoder_provider`` (optional) returns the caption
+    channel's sentence encoder (``Settings.text_model``) or None, and its caption vectors and index
+    are kept in step too; ``on_published`` is called after each publish (the API refreshes its live
+    indexes there so new figures are searchable at once).
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class Worker:
         session_factory: sessionmaker[Session],
         encoder_provider: Callable[[], Any],
         *,
+        text_encoder_provider: Callable[[], Any] | None = None,
         on_published: Callable[[], None] | None = None,
         worker_id: str | None = None,
         progress: bool = False,
@@ -185,6 +188,7 @@ class Worker:
         self.settings = settings
         self.session_factory = session_factory
         self.encoder_provider = encoder_provider
+        self.text_encoder_provider = text_encoder_provider
         self.on_published = on_published
         self.worker_id = worker_id or default_worker_id()
         self.progress = progress
@@ -363,6 +367,25 @@ class Worker:
         )
         counts.update({"embedded_images": report.images, "embedded_captions": report.captions})
         errors.extend({"stage": "embed", "figure_id": fid, "message": why} for fid, why in report.failed_images)
+        text_encoder = self._text_encoder(errors)
+        if text_encoder is not None:
+            from indexer.caption_embeddings import embed_captions
+
+            text_report = embed_captions(
+                self.session_factory, text_encoder, batch_size=s.encode_batch_size, progress=self.progress
+            )
+            counts["embedded_captions_text_model"] = text_report.captions
+
+    def _text_encoder(self, errors: list[Any]) -> Any:
+        """The sentence encoder of the caption channel, or None (none configured, or it failed to
+        load: recorded in ``errors``; the caption channel then falls back to the CLIP caption index)."""
+        if self.text_encoder_provider is None:
+            return None
+        try:
+            return self.text_encoder_provider()
+        except Exception as exc:
+            errors.append({"stage": "embed", "message": f"caption-channel text model unavailable: {exc}"[:500]})
+            return None
 
     def _publish(self, job: Job, counts: dict[str, Any], errors: list[Any]) -> None:
         from indexer.index_update import update_indexes
@@ -374,6 +397,11 @@ class Worker:
             self.session_factory, s.index_dir, encoder.model_id, options=s.index_options(), progress=self.progress
         )
         counts.update(publish_counts(report))
+        text_encoder = self._text_encoder(errors)
+        if text_encoder is not None:
+            update_indexes(
+                self.session_factory, s.index_dir, text_encoder.model_id, options=s.index_options(), progress=False
+            )
         if self.on_published is not None:
             self.on_published()
 

@@ -133,7 +133,13 @@ def _start(settings: Settings, metrics: Metrics, encoder_loader: Callable[[str, 
         def switch_indexes() -> None:
             search.refresh()
 
-        worker = Worker(settings, session_factory, lambda: search.encoder, on_published=switch_indexes)
+        worker = Worker(
+            settings,
+            session_factory,
+            lambda: search.encoder,
+            text_encoder_provider=search.text_encoder if settings.text_model else None,
+            on_published=switch_indexes,
+        )
         worker.start()
         services.worker = worker
     return services

@@ -374,6 +374,12 @@ class SearchService:
                 self.text_error = f"could not load the caption-channel text model {self.settings.text_model!r}: {exc}"
                 log.error("%s", self.text_error)
 
+    def text_encoder(self) -> SerializedEncoder | None:
+        """The caption channel's sentence encoder (``Settings.text_model``), loaded on first use; None
+        when none is configured or it failed to load (``text_error`` says why)."""
+        self._load_text_encoder()
+        return self._text_encoder
+
     def _caption_channel(self) -> ChannelSearch | None:
         """The caption channel: the sentence encoder's caption index when configured and non-empty,
         else the CLIP caption index, else None."""

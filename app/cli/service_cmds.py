@@ -74,7 +74,18 @@ def worker(
             loaded.append(load_encoder(spec, device=settings.device))
         return loaded[0]
 
-    loop = Worker(settings, factory, encoder, progress=True)
+    text_loaded: list[object] = []
+
+    def text_encoder() -> object:
+        if not text_loaded:
+            from training.sentence_encoder import load_sentence_encoder
+
+            text_loaded.append(load_sentence_encoder(settings.text_model or "", device=settings.device))
+        return text_loaded[0]
+
+    loop = Worker(
+        settings, factory, encoder, text_encoder_provider=text_encoder if settings.text_model else None, progress=True
+    )
     console.print(f"worker {loop.worker_id} on {url}")
 
     def stop(_signum: int, _frame: FrameType | None) -> None:

@@ -136,3 +136,35 @@ def test_without_an_encoder_hybrid_is_lexical_and_dense_is_503(tmp_path: Path, s
         assert body["mode"] == "hybrid" and body["channels"] == ["lexical"] and body["results"]
         dense = c.get("/api/search", params={"q": "figure", "mode": "dense"})
         assert dense.status_code == 503 and dense.json()["error"]["status"] == 503
+
+
+def test_worker_keeps_the_sentence_caption_index_in_step(tmp_path: Path, shared_data: Path) -> None:
+    """With ``text_model`` set, a re-index job embeds captions with the sentence encoder (the real
+    bundled all-MiniLM-L6-v2) and publishes its caption index; hybrid search then uses it."""
+    from app.jobs import Worker, enqueue
+    from indexer.catalogue import Figure, make_engine, make_session_factory, migrate
+    from indexer.publish import LiveIndexes
+    from training.sentence_encoder import load_sentence_encoder
+
+    home = tmp_path / "home"
+    settings = make_settings(home, model="stub", text_model="minilm")
+    migrate(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    factory = make_session_factory(engine)
+    clip = HashEncoder()
+    minilm = load_sentence_encoder("minilm", device="cpu")
+    packages = [str(shared_data / "jats" / "packages" / f"{name}.tar.gz") for name in PACKAGES[:2]]
+    enqueue(factory, "ingest", {"paths": packages})
+    worker = Worker(settings, factory, lambda: clip, text_encoder_provider=lambda: minilm)
+    assert worker.run_once() is not None
+    with factory() as s:
+        captions = s.query(Figure).filter(Figure.caption != "").count()
+    live = LiveIndexes(settings.index_dir, minilm.model_id, use_gpu=False)
+    live.refresh()
+    assert captions > 0 and live.ntotal("caption") == captions
+    engine.dispose()
+
+    with TestClient(create_app(settings, encoder_loader=lambda spec, device: clip)) as c:
+        body = c.get("/api/search", params={"q": "a good life"}).json()
+        assert body["channels"] == ["lexical", "image", "caption"]
+        assert any("caption" in hit["match"]["channels"] for hit in body["results"])
