@@ -80,9 +80,15 @@ def save_upload(stream: BinaryIO, filename: str | None, uploads_dir: Path) -> Pa
 def unzip_package(archive: Path, limits: ArchiveLimits) -> Path:
     """Unpack the zip ``archive`` into a folder beside it (``<stem>.d``); return that folder.
 
+    Idempotent: a job re-run after a crash finds the folder an earlier attempt completed.
+
     Raises UploadError for a corrupt zip or a member that breaks the caps or escapes the folder.
     """
     dest = archive.parent / (archive.name.removesuffix(".zip") + ".d")
+    if dest.is_dir():  # unpacked by an earlier attempt of the job (the rename below is atomic)
+        return dest
+    for stale in archive.parent.glob(".unzip.*"):  # left by an attempt killed mid-unpack
+        shutil.rmtree(stale, ignore_errors=True)
     tmp_dest = Path(tempfile.mkdtemp(prefix=".unzip.", dir=archive.parent))
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -118,8 +124,10 @@ def unzip_package(archive: Path, limits: ArchiveLimits) -> Path:
 def _member_target(root: Path, info: zipfile.ZipInfo) -> Path | None:
     """Where ``info`` unpacks under ``root`` (None for folders); UploadError for unsafe members."""
     name = info.filename.replace("\\", "/")
-    mode = info.external_attr >> 16
-    if mode and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+    # The high 16 bits hold a Unix mode when the zip was made on Unix; many writers (Python's
+    # ``writestr``, Windows tools) leave the file-type bits 0: that is a plain file, not a link.
+    file_type = stat.S_IFMT(info.external_attr >> 16)
+    if file_type and file_type not in (stat.S_IFREG, stat.S_IFDIR):
         raise UploadError(f"zip member {info.filename!r} is a link or special file")
     parts = PurePosixPath(name).parts
     if name.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
