@@ -39,7 +39,7 @@ class Settings(BaseSettings):
         "default: the newest model under `<data_home>/models/` (see `default_model_spec`).",
     )
     device: str = Field("auto", description="`auto` (GPU when present), `cpu`, `cuda` or `cuda:N`.")
-    encode_batch_size: int = Field(64, ge=1, le=4096)
+    encode_batch_size: int = Field(64, ge=1, le=4096, description="Images or captions per encoder batch.")
     text_model: str | None = Field(
         None,
         description="Sentence encoder for the caption channel of hybrid search (a local folder "
@@ -48,17 +48,21 @@ class Settings(BaseSettings):
 
     # --- ingestion ---------------------------------------------------------------------------------
     max_image_pixels: int = Field(60_000_000, ge=1, description="Decompression-bomb guard per image.")
-    max_archive_members: int = Field(20_000, ge=1)
+    max_archive_members: int = Field(20_000, ge=1, description="Most members an uploaded or fetched package may hold.")
     max_archive_bytes: int = Field(2 * 1024**3, ge=1, description="Total unpacked bytes per package.")
     max_member_bytes: int = Field(512 * 1024**2, ge=1, description="Largest single archive member.")
-    thumbnail_size: int = Field(320, ge=32, le=2048)
+    thumbnail_size: int = Field(320, ge=32, le=2048, description="Longest side of the stored thumbnails (px).")
 
     # --- PMC OA client -----------------------------------------------------------------------------
-    pmc_oa_url: str = Field("https://www.ncbi.nlm.nih.gov/pmc/utils/oa/oa.fcgi")
-    pmc_file_list_url: str = Field("https://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_file_list.csv")
-    pmc_requests_per_second: float = Field(3.0, gt=0, le=10)
-    pmc_retries: int = Field(5, ge=0, le=20)
-    pmc_timeout_s: float = Field(60.0, gt=0)
+    pmc_oa_url: str = Field(
+        "https://www.ncbi.nlm.nih.gov/pmc/utils/oa/oa.fcgi", description="NCBI PMC OA web service (`fetch`)."
+    )
+    pmc_file_list_url: str = Field(
+        "https://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_file_list.csv", description="PMC OA file list (`fetch --since`)."
+    )
+    pmc_requests_per_second: float = Field(3.0, gt=0, le=10, description="Polite rate limit towards NCBI.")
+    pmc_retries: int = Field(5, ge=0, le=20, description="Retries per PMC request (exponential backoff).")
+    pmc_timeout_s: float = Field(60.0, gt=0, description="Timeout per PMC request (s).")
 
     # --- vector index --------------------------------------------------------------------------------
     exact_index_max: int = Field(
@@ -71,26 +75,30 @@ class Settings(BaseSettings):
     use_gpu: bool = Field(True, description="Use faiss GPUs when faiss-gpu and a GPU are present.")
 
     # --- service -----------------------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Interface `serve` binds (use 0.0.0.0 in a container).")
+    port: int = Field(8000, ge=1, le=65535, description="Port `serve` listens on.")
     api_key: SecretStr | None = Field(None, description="Required by write endpoints when set.")
     read_api_key: SecretStr | None = Field(None, description="When set, reads need a key too.")
-    max_upload_bytes: int = Field(200 * 1024**2, ge=1)
-    max_query_chars: int = Field(1000, ge=1, le=100_000)
-    query_cache_size: int = Field(1024, ge=0)
-    cors_origins: list[str] = Field(default_factory=list, description="Closed by default.")
+    max_upload_bytes: int = Field(200 * 1024**2, ge=1, description="Largest request body (checked before it is read).")
+    max_query_chars: int = Field(1000, ge=1, le=100_000, description="Longest text query.")
+    query_cache_size: int = Field(1024, ge=0, description="Text query embeddings kept (LRU); 0 disables.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (JSON list); closed by default."
+    )
     run_worker: bool = Field(True, description="Run the re-index worker inside the API process.")
-    worker_poll_s: float = Field(1.0, gt=0)
+    worker_poll_s: float = Field(1.0, gt=0, description="How often an idle worker looks for a queued job (s).")
     job_stale_s: float = Field(60.0, gt=0, description="A running job silent this long is re-queued.")
     job_max_attempts: int = Field(3, ge=1, description="Claims per job before it is marked failed.")
     index_poll_s: float = Field(2.0, gt=0, description="How often the service looks for a new index.")
 
     # --- hybrid ranking ------------------------------------------------------------------------------
-    search_mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
-    weight_lexical: float = Field(1.0, ge=0)
-    weight_image: float = Field(0.5, ge=0)
-    weight_caption: float = Field(1.0, ge=0)
-    rrf_k: int = Field(60, ge=1)
+    search_mode: Literal["hybrid", "dense", "lexical"] = Field(
+        "hybrid", description="Default ranking of text queries (the API's `mode`)."
+    )
+    weight_lexical: float = Field(1.0, ge=0, description="Hybrid: weight of full-text search (0 switches it off).")
+    weight_image: float = Field(0.5, ge=0, description="Hybrid: weight of the CLIP image index.")
+    weight_caption: float = Field(1.0, ge=0, description="Hybrid: weight of the caption index.")
+    rrf_k: int = Field(60, ge=1, description="Hybrid: reciprocal-rank-fusion constant.")
 
     @field_validator("database_url", "model", "text_model", "api_key", "read_api_key", mode="before")
     @classmethod
@@ -167,3 +175,20 @@ class Settings(BaseSettings):
             retrain_growth=self.retrain_growth,
             rebuild=rebuild,
         )
+
+
+def config_table() -> str:
+    """The configuration reference as a Markdown table: variable, default, what it sets (for the README)."""
+    rows = ["| variable | default | what it sets |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = repr(field.default_factory())  # type: ignore[call-arg]
+        elif field.default is None:
+            default = "unset"
+        elif isinstance(field.default, Path):
+            default = f"./{field.default}"
+        else:
+            default = str(field.default)
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `BIOMEDSEARCH_{name.upper()}` | `{default}` | {description} |")
+    return "\n".join(rows) + "\n"
