@@ -4,6 +4,7 @@ Settings and call ``training`` / ``indexer`` / ``app`` functions."""
 from __future__ import annotations
 
 from app.cli import (  # noqa: F401  (importing registers the subcommands)
+    backup_cmds,
     catalogue_cmds,
     config_cmds,
     db_cmds,
