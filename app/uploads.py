@@ -15,13 +15,15 @@ import os
 import re
 import shutil
 import stat
+import tarfile
 import tempfile
 import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from indexer.packages import ArchiveLimits
+from indexer.jats import MAX_XML_BYTES, HostileXMLError, parse_xml
+from indexer.packages import XML_SUFFIXES, ArchiveLimits
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -31,6 +33,10 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 class UploadError(ValueError):
     """An upload that cannot be accepted; ``str(exc)`` says why."""
+
+
+class UnsafePackageError(UploadError):
+    """A package refused on inspection: unsafe or oversized members, unreadable, hostile XML."""
 
 
 def sniff_package(head: bytes) -> str:
@@ -119,6 +125,65 @@ def unzip_package(archive: Path, limits: ArchiveLimits) -> Path:
         shutil.rmtree(tmp_dest, ignore_errors=True)
         raise
     return dest
+
+
+def inspect_package(path: Path, limits: ArchiveLimits) -> None:
+    """Refuse a stored upload before it is queued, so that the client hears why (a 4xx).
+
+    A ``.tar.gz`` is read header by header (its members are not written anywhere): no link or
+    special file, no member escaping the folder, the member count and sizes within ``limits``; a
+    ``.zip`` is unpacked beside it by :func:`unzip_package` under the same rules (the job reuses
+    that folder). The article XML files inside must not declare DTD entities (billion laughs,
+    external entities). Raises UnsafePackageError.
+    """
+    try:
+        if path.name.lower().endswith(".zip"):
+            folder = unzip_package(path, limits)
+            for xml in sorted(folder.rglob("*")):
+                if xml.is_file() and xml.name.lower().endswith(XML_SUFFIXES):
+                    _check_xml(xml.name, xml.read_bytes()[: MAX_XML_BYTES + 1])
+        else:
+            _scan_tar(path, limits)
+    except UnsafePackageError:
+        raise
+    except UploadError as exc:
+        raise UnsafePackageError(str(exc)) from exc
+    except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        raise UnsafePackageError(f"unreadable package: {exc}") from exc
+
+
+def _scan_tar(path: Path, limits: ArchiveLimits) -> None:
+    count = total = 0
+    with tarfile.open(path, mode="r:*") as tar:
+        while (member := tar.next()) is not None:
+            count += 1
+            if count > limits.max_members:
+                raise UnsafePackageError(f"package has more than {limits.max_members} members")
+            if not (member.isfile() or member.isdir()):
+                kind = "link" if (member.issym() or member.islnk()) else "special file"
+                raise UnsafePackageError(f"package member {member.name!r} is a {kind}")
+            parts = PurePosixPath(member.name.replace("\\", "/")).parts
+            if member.name.startswith(("/", "\\")) or ".." in parts or "\x00" in member.name:
+                raise UnsafePackageError(f"package member {member.name!r} escapes the folder")
+            if member.size > limits.max_member_bytes:
+                raise UnsafePackageError(f"package member {member.name!r} is over {limits.max_member_bytes} bytes")
+            total += member.size
+            if total > limits.max_bytes:
+                raise UnsafePackageError(f"package unpacks to more than {limits.max_bytes} bytes")
+            if member.isfile() and member.name.lower().endswith(XML_SUFFIXES) and member.size <= MAX_XML_BYTES:
+                src = tar.extractfile(member)
+                if src is not None:
+                    _check_xml(member.name, src.read())
+
+
+def _check_xml(name: str, data: bytes) -> None:
+    """Refuse XML that declares DTD entities; other XML problems are the job's to report."""
+    try:
+        parse_xml(data)
+    except HostileXMLError as exc:
+        raise UnsafePackageError(f"{PurePosixPath(name).name}: {exc}") from exc
+    except ValueError:
+        pass
 
 
 def _member_target(root: Path, info: zipfile.ZipInfo) -> Path | None:

@@ -17,10 +17,11 @@ from starlette.datastructures import UploadFile
 
 from app.api.deps import ServicesDep, SessionDep, require_write_key
 from app.api.routes._common import ERRORS, MAX_ID
+from app.config import Settings
 from app.jobs import enqueue
 from app.middleware import ApiError, clean_validation_errors
 from app.schemas import ArticleOut, ErrorResponse, FetchRequest, JobAccepted, article_ref, figure_out
-from app.uploads import UploadError, save_upload
+from app.uploads import UploadError, inspect_package, save_upload
 from indexer.catalogue import Article
 
 router = APIRouter(prefix="/api/articles", tags=["articles"], responses=ERRORS)
@@ -90,7 +91,7 @@ async def add_articles(request: Request, response: Response, services: ServicesD
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     settings = services.settings
     if content_type == "multipart/form-data":
-        kind, payload = "ingest", await _store_upload(request, settings.data_home / "uploads")
+        kind, payload = "ingest", await _store_upload(request, settings)
     elif content_type == "application/json":
         kind, payload = "fetch", await _pmcids(request)
     else:
@@ -106,7 +107,8 @@ async def add_articles(request: Request, response: Response, services: ServicesD
     return JobAccepted(job_id=job_id, status_url=status_url)
 
 
-async def _store_upload(request: Request, uploads_dir: Path) -> dict[str, Any]:
+async def _store_upload(request: Request, settings: Settings) -> dict[str, Any]:
+    """Store the multipart ``file`` under ``uploads/`` and inspect it (an unsafe package is 422)."""
     try:
         form = await request.form(max_files=1, max_fields=5)
     except Exception as exc:  # multipart parse errors from Starlette
@@ -116,9 +118,14 @@ async def _store_upload(request: Request, uploads_dir: Path) -> dict[str, Any]:
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "the multipart body needs a `file` part holding the package")
         try:
-            path = await run_in_threadpool(save_upload, upload.file, upload.filename, uploads_dir)
+            path = await run_in_threadpool(save_upload, upload.file, upload.filename, settings.data_home / "uploads")
         except UploadError as exc:
             raise ApiError(415, str(exc)) from exc
+        try:
+            await run_in_threadpool(inspect_package, path, settings.ingest_limits().archive)
+        except UploadError as exc:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise ApiError(422, f"package refused: {exc}", code="unsafe_package") from exc
     finally:
         await form.close()
     return {"paths": [str(path)], "filename": upload.filename}

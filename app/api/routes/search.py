@@ -22,8 +22,14 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="Results per page.")]
 Offset = Annotated[int, Query(ge=0, le=999, description="Results to skip; offset + k <= 1000.")]
 YearFrom = Annotated[int | None, Query(ge=1000, le=9999, description="Earliest publication year.")]
 YearTo = Annotated[int | None, Query(ge=1000, le=9999, description="Latest publication year.")]
-Journal = Annotated[str | None, Query(min_length=1, max_length=500, description="Journal title (any case).")]
-License = Annotated[str | None, Query(min_length=1, max_length=200, description="License, e.g. `CC BY 4.0`.")]
+# No NUL character: PostgreSQL text cannot hold one (the filter would fail in the database).
+NO_NUL = r"^[^\x00]*$"
+Journal = Annotated[
+    str | None, Query(min_length=1, max_length=500, pattern=NO_NUL, description="Journal title (any case).")
+]
+License = Annotated[
+    str | None, Query(min_length=1, max_length=200, pattern=NO_NUL, description="License, e.g. `CC BY 4.0`.")
+]
 
 
 @router.get(
