@@ -8,8 +8,8 @@ per-route latency metrics.
 - :class:`BodySizeLimit` refuses a body larger than ``max_upload_bytes`` with 413: at once from
   ``Content-Length``, or while the body streams in (chunked uploads, lying headers) before the
   multipart parser spools more of it to disk.
-- :class:`SecurityHeaders` adds ``nosniff``, frame denial, a referrer policy and, on ``/api/``
-  answers, a locked-down content security policy.
+- :class:`SecurityHeaders` adds ``nosniff``, frame denial, a referrer policy and, unless the
+  answer carries its own (the UI pages do), a locked-down content security policy.
 - :class:`RouteMetrics` observes each request's latency under its route template (``/api/figures/{id}``),
   never the raw path, so label cardinality stays bounded.
 """
@@ -215,10 +215,12 @@ _COMMON_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 _API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_DOCS_CSP = (b"content-security-policy", b"frame-ancestors 'none'")
+_DOCS_PAGES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
 class SecurityHeaders:
-    """Add security headers to every HTTP answer (a strict CSP on ``/api/`` answers)."""
+    """Add security headers to every HTTP answer (a strict CSP where the answer sets none)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -228,9 +230,11 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = list(_COMMON_HEADERS)
-        if str(scope.get("path", "")).startswith("/api/"):
-            extra.append(_API_CSP)
+        # The strict CSP goes on every answer that sets none itself (the UI pages send their own):
+        # API JSON, error answers on page routes, static files. FastAPI's interactive docs load
+        # their script from a CDN with an inline bootstrap: they only get the framing ban.
+        docs = str(scope.get("path", "")) in _DOCS_PAGES
+        extra = [*_COMMON_HEADERS, _DOCS_CSP if docs else _API_CSP]
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -529,7 +529,8 @@ def _expand(found: Iterator[Found], run: _Run, limits: IngestLimits) -> None:
             run.source(item.source)
         elif item.archive is not None:
             try:
-                with unpacked(item.archive, limits.archive) as folder:
+                # unpacked inside the data home (its filesystem, nothing written elsewhere)
+                with unpacked(item.archive, limits.archive, tmp_root=run.data_home / ".tmp") as folder:
                     _expand(walk_extracted(folder, item.archive), run, limits)
                     run.flush()  # images are stored; write before the folder goes away
             except PackageError as exc:

@@ -16,6 +16,7 @@ A path may be:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -209,10 +210,16 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
 
 @contextmanager
 def unpacked(archive: Path, limits: ArchiveLimits, tmp_root: Path | None = None) -> Iterator[Path]:
-    """Unpack ``archive`` into a fresh temporary directory, yield it, then delete it."""
+    """Unpack ``archive`` into a fresh temporary directory (under ``tmp_root`` when given, created
+    if missing), yield it, then delete it."""
+    if tmp_root is not None:
+        tmp_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bms-pkg-", dir=tmp_root))
     try:
         extract_archive(archive, tmp, limits)
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if tmp_root is not None:
+            with contextlib.suppress(OSError):  # only when empty (another run may be using it)
+                tmp_root.rmdir()
