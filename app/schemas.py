@@ -353,8 +353,16 @@ def job_out(job: Job) -> JobOut:
         errors=list(job.errors or []),
         attempts=job.attempts or 0,
         worker=job.worker,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        heartbeat_at=job.heartbeat_at,
-        finished_at=job.finished_at,
+        created_at=_utc(job.created_at),
+        started_at=_utc(job.started_at),
+        heartbeat_at=_utc(job.heartbeat_at),
+        finished_at=_utc(job.finished_at),
     )
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A catalogue timestamp (UTC; naive where the database drops the zone, as SQLite does) as an
+    aware UTC datetime, so that it serialises as RFC 3339 with an offset."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)

@@ -299,14 +299,14 @@ def test_add_page_uploads_a_package_and_its_figures_become_searchable(
     package = shared_data / "jats" / "packages" / f"{NEW_PACKAGE}.tar.gz"
     page.goto("/add")  # type: ignore[attr-defined]
     # a wrong key is refused with a clear message
-    page.get_by_label("API key").fill("not-the-key")  # type: ignore[attr-defined]
+    page.get_by_role("textbox", name="API key").fill("not-the-key")  # type: ignore[attr-defined]
     page.set_input_files("#package", str(package))  # type: ignore[attr-defined]
     page.click("#add-submit")  # type: ignore[attr-defined]
     page.wait_for_selector("#error:not([hidden])")  # type: ignore[attr-defined]
     assert "API key was not accepted" in page.inner_text("#error")  # type: ignore[attr-defined]
     console_errors.clear()  # the browser logs the refused request
 
-    page.get_by_label("API key").fill(API_KEY)  # type: ignore[attr-defined]
+    page.get_by_role("textbox", name="API key").fill(API_KEY)  # type: ignore[attr-defined]
     page.click("#add-submit")  # type: ignore[attr-defined]
     page.wait_for_url(re.compile(r"/add\?job=\d+$"))  # type: ignore[attr-defined]
     seen = set()
