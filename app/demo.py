@@ -16,7 +16,6 @@ Serving is the caller's (the CLI runs uvicorn on the result).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -26,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from indexer.catalogue import Article, Figure, make_engine, make_session_factory, migrate
+from indexer.catalogue import make_engine, make_session_factory, migrate
+from indexer.pairs_export import export_pairs
 
 if TYPE_CHECKING:
     from training.encoders import Encoder
@@ -113,27 +112,6 @@ def load_hub_model(device: str) -> Encoder | None:
         return None
 
 
-def _catalogue_pairs(factory: sessionmaker[Session], data_home: Path, out: Path) -> int:
-    """Write the catalogue's figure-caption pairs (figures with an image) as a JSONL manifest.
-
-    Each line has the absolute image path, the caption and the article key as its group, so that
-    training splits by article. Returns the number of lines.
-    """
-    n = 0
-    with factory() as session, open(out, "w", encoding="utf-8") as fh:
-        rows = session.execute(
-            select(Figure.image_path, Figure.caption, Article.key)
-            .join(Article, Figure.article_id == Article.id)
-            .where(Figure.image_path.is_not(None))
-        )
-        for image_path, caption, key in rows:
-            if image_path is None:  # excluded by the query; narrows the type
-                continue
-            fh.write(json.dumps({"image": str(data_home / image_path), "caption": caption, "article": key}) + "\n")
-            n += 1
-    return n
-
-
 def _split_manifest(src: Path, train_out: Path, val_out: Path) -> None:
     """Split a pairs manifest by group (article) into train and validation manifests."""
     from training.data import read_pairs, split_by_group, write_pairs_jsonl
@@ -160,7 +138,7 @@ def train_demo_model(
         train_jsonl, val_jsonl = corpus.train_jsonl, corpus.val_jsonl
     else:
         pairs = runs / "catalogue-pairs.jsonl"
-        if _catalogue_pairs(factory, settings.data_home, pairs) < 16:
+        if export_pairs(factory, settings.data_home, pairs) < 16:
             raise DemoError("the catalogue has too few figures with images to train an encoder on")
         train_jsonl, val_jsonl = runs / "train.jsonl", runs / "val.jsonl"
         _split_manifest(pairs, train_jsonl, val_jsonl)

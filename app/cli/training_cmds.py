@@ -24,28 +24,16 @@ def _write_json(obj: object, path: Path) -> None:
 
 def _catalogue_manifest(out: Path) -> Path:
     """Export the catalogue's figure/caption pairs (figures with images) to a JSONL manifest."""
-    from sqlalchemy import select
-
-    from indexer.catalogue import Article, Figure, make_engine, make_session_factory
+    from indexer.catalogue import make_engine, make_session_factory
+    from indexer.pairs_export import export_pairs
 
     settings = load_settings()
-    factory = make_session_factory(make_engine(settings.resolved_database_url))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with factory() as session, open(out, "w", encoding="utf-8") as fh:
-        rows = session.execute(
-            select(Figure.image_path, Figure.caption, Article.key)
-            .join(Article, Figure.article_id == Article.id)
-            .where(Figure.image_path.is_not(None))
-        )
-        for image_path, caption, key in rows:
-            if image_path is None:
-                continue
-            line = {"image": str(settings.data_home / image_path), "caption": caption, "article": key}
-            fh.write(json.dumps(line) + "\n")
-            n += 1
-    if n == 0:
-        fail("the catalogue has no figures with images")
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        if export_pairs(make_session_factory(engine), settings.data_home, out) == 0:
+            fail("the catalogue has no figures with images")
+    finally:
+        engine.dispose()
     return out
 
 
