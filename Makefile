@@ -35,6 +35,14 @@ test-fast: setup
 test-e2e: setup
 	$(BIN)/pytest -q -m e2e
 
+# Load test (not part of `make test`): CLIENTS clients for DURATION seconds against a server on a
+# data home it builds, with re-index jobs running; prints p50/p99 and fails on any error.
+CLIENTS ?= 50
+DURATION ?= 60
+.PHONY: load-test
+load-test: setup
+	$(BIN)/python -m bench.load_test --clients $(CLIENTS) --duration $(DURATION)
+
 demo: setup
 	$(BIN)/biomedsearch demo
 
