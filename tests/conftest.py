@@ -21,7 +21,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the end-to-end tier: tests that need the trained tiny encoder, a browser, or kill
-    subprocesses. ``make test`` deselects them (``-m "not e2e"``); ``make test-e2e`` runs them."""
+    subprocesses. ``make test`` runs everything; ``make test-fast`` deselects them (``-m "not e2e"``)."""
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         if "tiny_model_dir" in names or item.get_closest_marker("browser") or item.get_closest_marker("e2e"):

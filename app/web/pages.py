@@ -120,30 +120,30 @@ def search_page(request: Request) -> HTMLResponse:
     return _page(request, "search.html", {"examples": EXAMPLE_QUERIES, **facts})
 
 
-@router.get("/figures/{figure_id}", response_class=HTMLResponse)
-def figure_page(request: Request, figure_id: int) -> HTMLResponse:
-    """One figure's page (404 page for an impossible id, or when reads are open and it does not exist)."""
+def _entity_page(request: Request, model: type[Figure] | type[Article], entity_id: int, template: str) -> HTMLResponse:
+    """``template`` for one figure or article (the page's script fetches it), or the 404 page for an
+    impossible id, or, when reads are open, for an id that does not exist."""
     services = _services(request)
-    if not 1 <= figure_id <= MAX_ID:
-        return _page(request, "not_found.html", {"what": "That figure"}, status_code=404)
+    noun = model.__name__
+    if not 1 <= entity_id <= MAX_ID:
+        return _page(request, "not_found.html", {"what": f"That {noun.lower()}"}, status_code=404)
     if _reads_open(services):
         with services.session_factory() as session:
-            if session.get(Figure, figure_id) is None:
-                return _page(request, "not_found.html", {"what": f"Figure {figure_id}"}, status_code=404)
-    return _page(request, "figure.html", {"figure_id": figure_id})
+            if session.get(model, entity_id) is None:
+                return _page(request, "not_found.html", {"what": f"{noun} {entity_id}"}, status_code=404)
+    return _page(request, template, {f"{noun.lower()}_id": entity_id})
+
+
+@router.get("/figures/{figure_id}", response_class=HTMLResponse)
+def figure_page(request: Request, figure_id: int) -> HTMLResponse:
+    """One figure's page: image (zoomable), caption, article, similar figures."""
+    return _entity_page(request, Figure, figure_id, "figure.html")
 
 
 @router.get("/articles/{article_id}", response_class=HTMLResponse)
 def article_page(request: Request, article_id: int) -> HTMLResponse:
-    """One article's page with its figures (404 page for an impossible id, or when it does not exist)."""
-    services = _services(request)
-    if not 1 <= article_id <= MAX_ID:
-        return _page(request, "not_found.html", {"what": "That article"}, status_code=404)
-    if _reads_open(services):
-        with services.session_factory() as session:
-            if session.get(Article, article_id) is None:
-                return _page(request, "not_found.html", {"what": f"Article {article_id}"}, status_code=404)
-    return _page(request, "article.html", {"article_id": article_id})
+    """One article's page with its figures."""
+    return _entity_page(request, Article, article_id, "article.html")
 
 
 @router.get("/add", response_class=HTMLResponse)

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from app_fixtures import make_settings
+from app_fixtures import build_home, make_settings
 
 BASE_PACKAGES = ("elife-00353", "elife-19405", "pone.0056489", "2236-8906-hoehnea-49-e1112020")
 
@@ -15,25 +15,12 @@ BASE_PACKAGES = ("elife-00353", "elife-19405", "pone.0056489", "2236-8906-hoehne
 @pytest.fixture(scope="session")
 def built_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shared_data: Path) -> Path:
     """A data home with 4 real articles ingested, embedded and indexed (SQLite): a template to copy."""
-    from indexer.catalogue import make_engine, make_session_factory, migrate
-    from indexer.embeddings import embed_pending
-    from indexer.index_update import update_indexes
-    from indexer.ingest import ingest_paths
     from training.encoders import load_encoder
 
     home = tmp_path_factory.mktemp("built") / "home"
     settings = make_settings(home, model=f"local-dir:{tiny_model_dir}")
-    url = settings.resolved_database_url
-    migrate(url)
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
     packages = [shared_data / "jats" / "packages" / f"{name}.tar.gz" for name in BASE_PACKAGES]
-    report = ingest_paths(packages, factory, home, limits=settings.ingest_limits(), progress=False)
-    assert len(report.article_ids) == len(BASE_PACKAGES), report.summary()
-    encoder = load_encoder(settings.default_model_spec() or "", device="cpu")
-    embed_pending(factory, encoder, home, batch_size=16, progress=False)
-    update_indexes(factory, settings.index_dir, encoder.model_id, options=settings.index_options(), progress=False)
-    engine.dispose()
+    build_home(settings, packages, load_encoder(settings.default_model_spec() or "", device="cpu"))
     return home
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from app_fixtures import HashEncoder, make_settings
+from app_fixtures import HashEncoder, build_home, make_settings
 from fastapi.testclient import TestClient
 
 from app.config import Settings
@@ -21,23 +21,9 @@ PACKAGES = ("elife-00353", "elife-19405", "pone.0056489", "2236-8906-hoehnea-49-
 
 
 def _build(home: Path, shared_data: Path, encoder: HashEncoder, *, index: bool) -> Settings:
-    from indexer.catalogue import make_engine, make_session_factory, migrate
-    from indexer.embeddings import embed_pending
-    from indexer.index_update import update_indexes
-    from indexer.ingest import ingest_paths
-
     settings = make_settings(home, model="stub")
-    url = settings.resolved_database_url
-    migrate(url)
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
     packages = [shared_data / "jats" / "packages" / f"{name}.tar.gz" for name in PACKAGES]
-    report = ingest_paths(packages, factory, home, limits=settings.ingest_limits(), progress=False)
-    assert len(report.article_ids) == len(PACKAGES), report.summary()
-    if index:
-        embed_pending(factory, encoder, home, batch_size=16, progress=False)
-        update_indexes(factory, settings.index_dir, encoder.model_id, options=settings.index_options(), progress=False)
-    engine.dispose()
+    build_home(settings, packages, encoder if index else None)
     return settings
 
 

@@ -20,7 +20,7 @@ from web_fixtures import (
     BASE_PACKAGES,
     CHROMIUM,
     CHROMIUM_ARGS,
-    build_home,
+    build_web_home,
     serve,
     web_settings,
 )
@@ -49,7 +49,7 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shared_data: Path) -> Iterator[Site]:
     home = tmp_path_factory.mktemp("web") / "home"
     packages = [shared_data / "jats" / "packages" / f"{name}.tar.gz" for name in BASE_PACKAGES]
-    build_home(home, tiny_model_dir, packages)
+    build_web_home(home, tiny_model_dir, packages)
     with serve(web_settings(home, tiny_model_dir)) as url:
         yield Site(url, home)
 

@@ -5,14 +5,12 @@ Debian's Chromium driven by Playwright."""
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import uvicorn
+from service_fixtures import build_home, running_server
 
 from app.config import Settings
 from app.main import create_app
@@ -48,49 +46,18 @@ def web_settings(data_home: Path, model_dir: Path, **overrides: Any) -> Settings
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-def build_home(home: Path, model_dir: Path, packages: list[Path]) -> None:
-    """Ingest ``packages`` into ``home``, embed them with the model and publish the indexes."""
-    from indexer.catalogue import make_engine, make_session_factory, migrate
-    from indexer.embeddings import embed_pending
-    from indexer.index_update import update_indexes
-    from indexer.ingest import ingest_paths
+def build_web_home(home: Path, model_dir: Path, packages: list[Path]) -> None:
+    """Ingest ``packages`` into ``home``, embed them with the real model and publish the indexes."""
     from training.encoders import load_encoder
 
-    settings = web_settings(home, model_dir)
-    url = settings.resolved_database_url
-    home.mkdir(parents=True, exist_ok=True)
-    migrate(url)
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
-    try:
-        report = ingest_paths(packages, factory, home, limits=settings.ingest_limits(), progress=False)
-        assert len(report.article_ids) == len(packages), report.summary()
-        encoder = load_encoder(f"local-dir:{model_dir}", device="cpu")
-        embed_pending(factory, encoder, home, batch_size=16, progress=False)
-        update_indexes(factory, settings.index_dir, encoder.model_id, options=settings.index_options(), progress=False)
-    finally:
-        engine.dispose()
+    build_home(web_settings(home, model_dir), packages, load_encoder(f"local-dir:{model_dir}", device="cpu"))
 
 
 @contextmanager
 def serve(settings: Settings) -> Iterator[str]:
     """Run the real app under uvicorn on a free 127.0.0.1 port; yield its base URL; stop it after."""
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="web-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
+    with running_server(create_app(settings)) as url:
+        yield url
 
 
 def copy_home(template: Path, dest: Path) -> Path:
