@@ -11,6 +11,11 @@ exposes it at ``GET /metrics``:
 - ``biomedsearch_query_cache_total{result}``: text-embedding cache ``hit`` / ``miss``;
 - ``biomedsearch_index_vectors{kind}``: vectors in the live index (read at scrape time);
 - ``biomedsearch_jobs{state}``: re-index jobs per state (read from the ``jobs`` table at scrape time).
+
+Every :func:`timed` block inside a request also adds its time to that request's phase totals
+(:data:`REQUEST_PHASES`, set by :class:`app.middleware.RouteMetrics`), which the response carries in
+a ``Server-Timing`` header (``encode``, ``index_search``, ``db`` and ``app``, the whole handling, in
+ms), so a client can split its latency without scraping ``/metrics``.
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+REQUEST_PHASES: ContextVar[dict[str, float] | None] = ContextVar("biomedsearch_request_phases", default=None)
+"""Seconds per phase of the current request (None outside a request); see :func:`timed`."""
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -111,9 +120,16 @@ class Metrics:
 
 @contextmanager
 def timed(histogram: Histogram, *labels: str) -> Iterator[None]:
-    """Observe the wall time of the ``with`` block into ``histogram.labels(*labels)``."""
+    """Observe the wall time of the ``with`` block into ``histogram.labels(*labels)``, and add it to
+    the current request's phase totals (phase: the histogram name without ``biomedsearch_`` and
+    ``_seconds``)."""
     start = time.perf_counter()
     try:
         yield
     finally:
-        histogram.labels(*labels).observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        histogram.labels(*labels).observe(elapsed)
+        phases = REQUEST_PHASES.get()
+        if phases is not None:
+            phase = str(getattr(histogram, "_name", "other")).removeprefix("biomedsearch_").removesuffix("_seconds")
+            phases[phase] = phases.get(phase, 0.0) + elapsed

@@ -11,7 +11,8 @@ per-route latency metrics.
 - :class:`SecurityHeaders` adds ``nosniff``, frame denial, a referrer policy and, unless the
   answer carries its own (the UI pages do), a locked-down content security policy.
 - :class:`RouteMetrics` observes each request's latency under its route template (``/api/figures/{id}``),
-  never the raw path, so label cardinality stays bounded.
+  never the raw path, so label cardinality stays bounded, and adds a ``Server-Timing`` header with
+  the request's phases (see :data:`app.metrics.REQUEST_PHASES`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.metrics import Metrics
+from app.metrics import REQUEST_PHASES, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -261,18 +262,29 @@ class RouteMetrics:
             return
         start = time.perf_counter()
         status = 500
+        phases: dict[str, float] = {}
+        token = REQUEST_PHASES.set(phases)
 
         async def record_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                message["headers"] = [*message.get("headers", []), server_timing(phases, time.perf_counter() - start)]
             await send(message)
 
         try:
             await self.app(scope, receive, record_status)
         finally:
+            REQUEST_PHASES.reset(token)
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.http.labels(scope.get("method", ""), template, str(status)).observe(
                 time.perf_counter() - start
             )
+
+
+def server_timing(phases: dict[str, float], total_s: float) -> tuple[bytes, bytes]:
+    """The ``Server-Timing`` header: each phase and ``app`` (the whole handling) in milliseconds."""
+    parts = [f"{name};dur={secs * 1e3:.3f}" for name, secs in sorted(phases.items())]
+    parts.append(f"app;dur={total_s * 1e3:.3f}")
+    return (b"server-timing", ", ".join(parts).encode("ascii"))
