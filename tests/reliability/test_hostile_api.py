@@ -1,4 +1,5 @@
-"""Hostile input through the API: every case is a 4xx with a JSON error body and nothing is stored.
+"""Hostile input through the API (and the same archives through `biomedsearch ingest`): every API
+case is a 4xx with a JSON error body, every CLI case a non-zero exit, and nothing is stored.
 
 Archives (path traversal, absolute paths, symbolic and hard links, special files, absurd member
 counts and sizes, zip bombs, DTD entity attacks in the XML, truncated and fake archives) are
@@ -11,6 +12,7 @@ and the catalogue's rows are compared before and after.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import tarfile
 import zipfile
@@ -418,3 +420,33 @@ def test_absurd_parameters_are_4xx_and_odd_ones_never_5xx(db_client: tuple[TestC
         resp = client.get(url)
         assert resp.status_code == 200, f"{url[:80]}: {resp.status_code} {resp.text[:300]}"
     assert snapshot(settings) == before
+
+
+# --- the same archives through the CLI ------------------------------------------------------------
+
+CLI_CASES = [c for c in HOSTILE_PACKAGES if c.startswith("tar:") and c != "tar: gzip of garbage"]
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_hostile_packages_through_the_cli_are_refused_and_store_nothing(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for key in [k for k in os.environ if k.startswith("BIOMEDSEARCH_")]:
+        monkeypatch.delenv(key)
+    for name, value in LIMITS.items():
+        monkeypatch.setenv(f"BIOMEDSEARCH_{name.upper()}", str(value))
+    pkg = tmp_path / "in" / "package.tar.gz"
+    pkg.parent.mkdir()
+    pkg.write_bytes(HOSTILE_PACKAGES[case][1])
+    home = tmp_path / "home"
+    result = CliRunner().invoke(cli, ["ingest", str(pkg), "--data-home", str(home), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "refused" in result.output and "Traceback" not in result.output
+    snap = snapshot(make_settings(home))
+    assert snap == {"files": [], "rows": {"articles": 0, "figures": 0, "embeddings": 0, "jobs": 0}}, snap
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "in"]
