@@ -24,6 +24,7 @@ from PIL import Image
 from training.errors import ConfigError, EncoderLoadError
 from training.export import CONFIG_NAME
 from training.model_factory import instantiate, resolve_text_source
+from training.preprocess import SplitTransform
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -57,6 +58,7 @@ class Encoder:
                  device: str) -> None:
         self.model = model.to(device).eval()
         self.preprocess = preprocess
+        self._batch_preprocess = SplitTransform(preprocess)
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.device = device
@@ -80,10 +82,10 @@ class Encoder:
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                batch = [self.preprocess(im.convert("RGB")) for im in images[start:start + batch_size]]
-                pixels = torch.stack(batch).to(self.device)
+                chunk = images[start:start + batch_size]
+                pixels = self._batch_preprocess([im.convert("RGB") for im in chunk]).to(self.device)
                 feats = self.model.encode_image(pixels, normalize=True)
-                out[start:start + len(batch)] = feats.float().cpu().numpy()
+                out[start:start + len(chunk)] = feats.float().cpu().numpy()
         return out
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

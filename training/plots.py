@@ -36,7 +36,8 @@ def plot_history(history: Sequence[dict[str, Any]], out_png: str | Path, *, titl
     ax_val.set_xlabel("optimizer step")
     ax_val.set_ylabel("Recall@10 (validation)")
     ax_val.set_title("validation retrieval")
-    ax_val.legend(fontsize=8)
+    if vals:
+        ax_val.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

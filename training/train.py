@@ -21,6 +21,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.transform import image_transform_v2
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
@@ -41,11 +43,12 @@ from training.export import export_model
 from training.losses import multi_positive_clip_loss
 from training.model_factory import BuiltModel, build_model, load_config
 from training.plots import plot_history
+from training.preprocess import SplitTransform
 
 RECIPE_DEFAULTS: dict[str, Any] = {
     "lr": 5e-4, "beta1": 0.9, "beta2": 0.98, "eps": 1e-6, "weight_decay": 0.2, "warmup_steps": 2000,
     "epochs": 32, "batch_size": 256, "precision": "bf16", "grad_checkpointing": False, "patch_dropout": 0.0,
-    "lock_text": False, "lock_text_unlocked_layers": 0, "text_lr_scale": 1.0,
+    "lock_text": False, "lock_text_unlocked_layers": 0, "text_lr_scale": 1.0, "aug_scale_min": 0.9,
 }
 
 
@@ -81,6 +84,7 @@ class TrainOptions:
     lock_text: bool | None = None  # freeze the text tower (LiT)
     lock_text_unlocked_layers: int | None = None  # with lock_text: leave the last N layers trainable
     text_lr_scale: float | None = None  # text-tower lr = lr * this
+    aug_scale_min: float | None = None  # random-resized-crop keeps at least this share of the image (open_clip 0.9)
     pretrained_text: bool = True  # False: same text tower, random init (ablation)
     tokenizer_dir: Path | None = None  # use this tokenizer (e.g. a domain WordPiece) instead of the config's
     context_length: int | None = None
@@ -88,7 +92,8 @@ class TrainOptions:
     min_caption_words: int = 2
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, fixed budgets)
     seed: int = 0
-    workers: int = 0
+    workers: int = 0  # DataLoader worker processes (0: decode in the training process; cheap for small images)
+    threads: int | None = None  # torch CPU threads (None: torch's default). 1 is fastest on a shared, busy CPU
     val_every_epochs: int = 1
     device: str = "auto"
     resume: bool = True
@@ -135,6 +140,8 @@ def _resolve(opts: TrainOptions, recipe: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{key} must be >= 1")
     if opts.accum_steps < 1:
         raise ConfigError("accum_steps must be >= 1")
+    if not 0.0 < float(resolved["aug_scale_min"]) <= 1.0:
+        raise ConfigError("aug_scale_min must be in (0, 1]")
     return resolved
 
 
@@ -179,19 +186,61 @@ def _tokenize_all(built: BuiltModel, captions: list[str]) -> torch.Tensor:
     return torch.cat([built.tokenizer(captions[i:i + 256]) for i in range(0, len(captions), 256)])
 
 
-def _frozen_text_cache(built: BuiltModel, tokens: torch.Tensor, device: str, progress: bool) -> torch.Tensor:
+def _frozen_text_cache(built: BuiltModel, tokens: torch.Tensor, device: str, progress: bool, *,
+                       bf16: bool) -> torch.Tensor:
+    """Pooled outputs of the frozen text tower for every caption (``[n, width]`` float32).
+
+    Captions are batched in order of length (each batch padded only to its longest, so one long
+    caption does not pad a batch of short ones to 256) and run under the training precision.
+    """
     text = built.model.text
     text.eval()
     pad = int(built.tokenizer.tokenizer.pad_token_id or 0) if built.tokenizer is not None else 0
-    out = []
-    with torch.inference_mode():
+    order = torch.argsort((tokens != pad).sum(1), stable=True)
+    out = torch.empty(0)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    with torch.inference_mode(), torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16):
         for i in tqdm(range(0, len(tokens), 128), desc="caching frozen text tower", disable=not progress):
-            ids = tokens[i:i + 128]
+            rows = order[i:i + 128]
+            ids = tokens[rows]
             ids = ids[:, : int((ids != pad).sum(1).max())].to(device)
             mask = (ids != pad).long()
-            hidden = text.transformer(input_ids=ids, attention_mask=mask)
-            out.append(text.pooler(hidden, mask).float())
-    return torch.cat(out).clone()
+            pooled = text.pooler(text.transformer(input_ids=ids, attention_mask=mask), mask).float()
+            if out.numel() == 0:
+                out = torch.empty(len(tokens), pooled.shape[1], device=pooled.device)
+            out[rows.to(pooled.device)] = pooled
+    return out.clone()
+
+
+class _LockedTexts:
+    """Validation with a fully locked text tower: pooled outputs computed once (fp32, as the
+    :class:`Encoder` computes them), only the trainable projection runs at each validation."""
+
+    def __init__(self, model: nn.Module, captions: list[str], pooled: torch.Tensor) -> None:
+        self.model = model
+        self.index = {c: i for i, c in enumerate(captions)}
+        self.pooled = pooled
+        self.encoder: Encoder | None = None
+
+    def bind(self, encoder: Encoder) -> _LockedTexts:
+        """Use ``encoder`` for images (and for any text not cached)."""
+        self.encoder = encoder
+        return self
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+        """Images through the bound encoder."""
+        assert self.encoder is not None
+        return self.encoder.encode_images(images, batch_size=batch_size)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Cached pooled outputs -> projection -> L2-normalised float32 ``[n, d]``."""
+        assert self.encoder is not None
+        if not all(t in self.index for t in texts):
+            return self.encoder.encode_texts(texts, batch_size=batch_size)
+        rows = torch.tensor([self.index[t] for t in texts], dtype=torch.long)
+        with torch.inference_mode():
+            feats = F.normalize(self.model.text.proj(self.pooled[rows.to(self.pooled.device)]), dim=-1)
+        return feats.float().cpu().numpy()
 
 
 def _atomic_json(obj: Any, path: Path) -> None:
@@ -227,6 +276,10 @@ def train(opts: TrainOptions) -> TrainResult:
             device = f"cuda:{dist.local_rank}"
             torch.cuda.set_device(device)
         tdist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if opts.threads is not None:
+        if opts.threads < 1:
+            raise ConfigError("threads must be >= 1")
+        torch.set_num_threads(int(opts.threads))
     random.seed(opts.seed)
     np.random.seed(opts.seed)
     torch.manual_seed(opts.seed)
@@ -253,14 +306,17 @@ def train(opts: TrainOptions) -> TrainResult:
 
     pre = built.preprocess_cfg
     train_pairs, dropped = filter_pairs(read_pairs(opts.train_data), min_words=opts.min_caption_words)
-    dataset = PairDataset(train_pairs, image_transform_v2(pre, is_train=True))
+    aug = {"scale": (float(r["aug_scale_min"]), 1.0)}
+    train_transform = SplitTransform(image_transform_v2(pre, is_train=True, aug_cfg=aug))  # per image: uint8
+    dataset = PairDataset(train_pairs, train_transform.pil)
     val_pairs = None
     if opts.val_data is not None:
         val_pairs, _ = filter_pairs(read_pairs(opts.val_data), min_words=opts.min_caption_words)
         if not val_pairs:
             raise DataError(f"no usable pairs in {opts.val_data}")
     tokens = _tokenize_all(built, dataset.captions)
-    text_cache = _frozen_text_cache(built, tokens, device, opts.progress and is_main) if fully_locked else None
+    text_cache = (_frozen_text_cache(built, tokens, device, opts.progress and is_main, bf16=r["precision"] == "bf16")
+                  if fully_locked else None)
     pad = int(built.tokenizer.tokenizer.pad_token_id or 0)
 
     step_module: nn.Module = _ClipStep(model, text_cache)
@@ -303,12 +359,18 @@ def train(opts: TrainOptions) -> TrainResult:
     last_loss = float("nan")
     epoch = start_epoch
 
+    val_text: _LockedTexts | None = None
+    if val_pairs is not None and is_main and fully_locked:  # the frozen tower's val outputs never change
+        val_captions = sorted({p.caption for p in val_pairs})
+        val_text = _LockedTexts(model, val_captions, _frozen_text_cache(
+            built, _tokenize_all(built, val_captions), device, False, bf16=False))
+
     def validate() -> dict[str, Any] | None:
         if val_pairs is None or not is_main:
             return None
         enc = Encoder(model, image_transform_v2(pre, is_train=False), built.tokenizer, model_id="training",
                       device=device)
-        metrics = evaluate_retrieval(enc, val_pairs)
+        metrics = evaluate_retrieval(val_text.bind(enc) if val_text is not None else enc, val_pairs)
         model.train()
         if fully_locked:
             model.text.eval()
@@ -341,10 +403,10 @@ def train(opts: TrainOptions) -> TrainResult:
             for _micro in range(opts.accum_steps):
                 pixels, cap_ids = next(it)
                 text_in = cap_ids if text_cache is not None else tokens[cap_ids]
-                if text_cache is None:
+                if text_cache is None and is_hf_text:  # HF towers mask padding: pad to the batch's longest
                     text_in = text_in[:, : int((text_in != pad).sum(1).max())]
                 with autocast:
-                    img, txt, scale = step_module(pixels.to(device), text_in.to(device))
+                    img, txt, scale = step_module(train_transform.batch(pixels).to(device), text_in.to(device))
                     loss = multi_positive_clip_loss(img.float(), txt.float(), cap_ids.to(device), scale.float(),
                                                     world_size=dist.world_size)
                 (loss / opts.accum_steps).backward()

@@ -102,6 +102,9 @@ def train_cmd(
     lock_text: Annotated[bool | None, typer.Option("--lock-text/--unlock-text")] = None,
     unlocked_text_layers: Annotated[int | None, typer.Option(min=0)] = None,
     text_lr_scale: Annotated[float | None, typer.Option(min=0)] = None,
+    aug_scale_min: Annotated[
+        float | None, typer.Option(min=0.05, max=1.0, help="Random-resized-crop: least share of the image kept.")
+    ] = None,
     scratch_text: Annotated[bool, typer.Option(help="Random-init the text tower (ablation).")] = False,
     tokenizer: Annotated[Path | None, typer.Option(help="Tokenizer folder (from train-tokenizer).")] = None,
     context_length: Annotated[int | None, typer.Option(min=8, max=512)] = None,
@@ -109,6 +112,9 @@ def train_cmd(
     max_steps: Annotated[int | None, typer.Option(min=1)] = None,
     seed: int = 0,
     workers: Annotated[int, typer.Option(min=0)] = 0,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch CPU threads (default: torch's; 1 is fastest on a busy CPU).")
+    ] = None,
     no_resume: bool = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N (default: settings).")] = None,
 ) -> None:
@@ -146,8 +152,10 @@ def train_cmd(
             weight_decay=weight_decay, warmup_steps=warmup_steps, precision=precision,
             grad_checkpointing=grad_checkpointing, patch_dropout=patch_dropout, lock_text=lock_text,
             lock_text_unlocked_layers=unlocked_text_layers, text_lr_scale=text_lr_scale,
+            aug_scale_min=aug_scale_min,
             pretrained_text=not scratch_text, tokenizer_dir=tokenizer, context_length=context_length,
-            text_dirs=text_dirs, max_steps=max_steps, seed=seed, workers=workers, device=settings.device,
+            text_dirs=text_dirs, max_steps=max_steps, seed=seed, workers=workers, threads=threads,
+            device=settings.device,
             resume=not no_resume, dist=dist,
         )
         result = train(opts)

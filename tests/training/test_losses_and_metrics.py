@@ -33,7 +33,7 @@ def _loss_and_grad(ids: torch.Tensor) -> tuple[float, float]:
     loss = multi_positive_clip_loss(img, txt, ids, torch.tensor(50.0))
     loss.backward()
     assert img.grad is not None
-    return float(loss), float(img.grad.norm())
+    return float(loss.detach()), float(img.grad.norm())
 
 
 def test_identical_captions_are_positives_not_negatives() -> None:
