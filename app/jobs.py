@@ -27,6 +27,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -206,7 +207,12 @@ class Worker:
         return int(job.id)
 
     def run_forever(self) -> None:
-        """Run jobs until :meth:`stop`; wait ``worker_poll_s`` whenever the queue is empty."""
+        """Sweep what killed workers left behind, then run jobs until :meth:`stop`; wait
+        ``worker_poll_s`` whenever the queue is empty."""
+        try:
+            sweep_leftovers(self.settings, self.session_factory)
+        except Exception as exc:  # best effort: garbage only, never data
+            log.warning("sweep of leftover upload folders failed: %s", exc)
         while not self.stop_event.is_set():
             try:
                 ran = self.run_once()
@@ -412,6 +418,40 @@ class Worker:
             folder = Path(raw).resolve().parent
             if folder.parent == uploads:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- leftovers of killed workers --------------------------------------------------------------------
+
+SWEEP_GRACE_S = 3600.0  # older than any upload being saved or package being unpacked right now
+
+
+def sweep_leftovers(
+    settings: Settings, session_factory: sessionmaker[Session], *, grace_s: float = SWEEP_GRACE_S
+) -> int:
+    """Remove upload folders no queued or running job refers to, and package-unpacking folders
+    (``<data_home>/.tmp/bms-pkg-*``), when older than ``grace_s`` seconds: what a worker killed
+    between finishing a job and cleaning up, or in the middle of unpacking, leaves behind. Their
+    content is either in the catalogue already or will be unpacked again by the job's retry.
+    Returns the number of folders removed."""
+    now = time.time()
+    home = settings.data_home.resolve()
+    with session_factory() as session:
+        live = session.scalars(select(Job).where(Job.state.in_(("queued", "running")))).all()
+        referenced = {Path(p).resolve().parent for job in live for p in (job.payload or {}).get("paths", [])}
+    candidates = [d for d in (home / "uploads").glob("*") if d.is_dir() and d.resolve() not in referenced]
+    candidates += [d for d in (home / ".tmp").glob("bms-pkg-*") if d.is_dir()]
+    removed = 0
+    for folder in candidates:
+        try:
+            if now - folder.stat().st_mtime < grace_s:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    if removed:
+        log.info("removed %d leftover upload / unpacking folders", removed)
+    return removed
 
 
 # --- Settings -> indexer arguments, indexer reports -> job counts ------------------------------------

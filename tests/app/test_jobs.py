@@ -134,3 +134,33 @@ def test_a_failing_job_records_its_stage_and_reason(db_url: str, tmp_path: Path,
         assert job is not None and job.state == "failed" and job.stage == "ingest"
         assert "no longer exist" in job.errors[-1]["message"]
         assert job.finished_at is not None
+
+
+def test_sweep_removes_only_old_unreferenced_leftovers(factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import time
+
+    from app.jobs import sweep_leftovers
+
+    home = tmp_path / "home"
+    settings = make_settings(home)
+    uploads, unpack = home / "uploads", home / ".tmp"
+    old = time.time() - 7200
+
+    def folder(path: Path, *, aged: bool) -> Path:
+        path.mkdir(parents=True)
+        (path / "pkg.tar.gz").write_bytes(b"x")
+        if aged:
+            os.utime(path, (old, old))
+        return path
+
+    orphan = folder(uploads / "orphan", aged=True)  # its job finished, the cleanup was killed
+    queued = folder(uploads / "queued", aged=True)  # a queued job still needs it
+    fresh = folder(uploads / "fresh", aged=False)  # being saved right now, its job not yet queued
+    stale_unpack = folder(unpack / "bms-pkg-abc", aged=True)
+    fresh_unpack = folder(unpack / "bms-pkg-def", aged=False)
+    enqueue(factory, "ingest", {"paths": [str(queued / "pkg.tar.gz")]})
+
+    assert sweep_leftovers(settings, factory) == 2
+    assert not orphan.exists() and not stale_unpack.exists()
+    assert queued.exists() and fresh.exists() and fresh_unpack.exists()
