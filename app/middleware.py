@@ -119,7 +119,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error: %s", exc, exc_info=exc)
-        return JSONResponse(error_body(500, "internal error; see the service log"), 500)
+        # Starlette answers unhandled errors outside every middleware, SecurityHeaders included
+        headers = {name.decode(): value.decode() for name, value in (*_COMMON_HEADERS, _API_CSP)}
+        return JSONResponse(error_body(500, "internal error; see the service log"), 500, headers=headers)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

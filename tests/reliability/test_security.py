@@ -218,6 +218,8 @@ def test_internal_errors_carry_no_stack_trace(home: Settings, monkeypatch: pytes
             }
             for leak in ("SECRET", "Traceback", "RuntimeError", "KeyError", 'File "', "/srv/"):
                 assert leak not in resp.text
+            assert resp.headers["x-content-type-options"] == "nosniff"
+            assert "default-src 'none'" in resp.headers["content-security-policy"]
         # client errors do not echo exception internals either
         resp = c.get("/api/figures/not-a-number")
         assert resp.status_code == 422 and "Traceback" not in resp.text and "input" not in resp.json()["error"]
