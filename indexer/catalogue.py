@@ -235,3 +235,17 @@ def migrate(url: str) -> None:
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
     command.upgrade(cfg, "head")
+
+
+# Objects that migration 0002 creates in raw SQL and the models do not describe: the lexical index
+# (SQLite FTS5 table ``figure_fts`` and its shadow tables; PostgreSQL ``figure_lexical``).
+LEXICAL_TABLES = ("figure_fts", "figure_lexical")
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Alembic autogenerate filter (``env.py``): leave the lexical index alone; it is not in the
+    models on purpose, and autogenerate would otherwise propose dropping it."""
+    if type_ == "table" and name is not None and name.startswith(LEXICAL_TABLES):
+        return False
+    table = getattr(getattr(obj, "table", None), "name", "")
+    return not (type_ in ("index", "column") and str(table).startswith(LEXICAL_TABLES))
