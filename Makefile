@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRA ?= cpu
 
-.PHONY: setup test test-fast test-e2e lint demo serve clean
+.PHONY: setup test test-fast test-e2e lint demo serve clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,8 @@ serve: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Benchmarks of every stage beside the alternatives (issue 9): long; `make bench ARGS=--quick` to check.
+bench: setup
+	$(BIN)/pip install -q -e '.[$(EXTRA),bench]'
+	nice -n 10 $(BIN)/python -m bench $(ARGS)

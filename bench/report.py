@@ -1,0 +1,103 @@
+"""Results: merge a run into the JSON file, print the tables (rich), refresh the README section.
+
+The JSON (``bench/results/latest.json``, generated, not committed) holds one entry per stage with
+the machine facts and load average of the run that produced it, so stages run at different times
+keep their own context. The README section between ``<!-- bench:start -->`` and
+``<!-- bench:end -->`` is regenerated from the whole file (a Markdown rendering of every table).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+START = "<!-- bench:start -->"
+END = "<!-- bench:end -->"
+
+Tables = list[tuple[str, list[str], list[list[str]]]]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def merge_results(path: Path, stages: dict[str, Any]) -> dict[str, Any]:
+    """Read ``path`` (if any), replace the entries of ``stages`` in it, write it back; return all."""
+    doc: dict[str, Any] = {"stages": {}}
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            doc = {"stages": {}}
+    doc.setdefault("stages", {}).update(stages)
+    write_atomic(path, json.dumps(doc, indent=1, default=str) + "\n")
+    return doc
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    """A table cell: numbers rounded, None as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def verdict(ok: bool | None) -> str:
+    """``met`` / ``MISSED`` / ``-`` for a target check."""
+    return "-" if ok is None else ("met" if ok else "MISSED")
+
+
+def print_tables(console: Console, title: str, tables: Tables) -> None:
+    """Print each (caption, header, rows) as a rich table."""
+    for caption, header, rows in tables:
+        table = Table(title=f"{title}: {caption}", title_justify="left")
+        for name in header:
+            table.add_column(name, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+
+def markdown(tables: Tables) -> str:
+    """Tables as GitHub Markdown."""
+    out = []
+    for caption, header, rows in tables:
+        out.append(f"**{caption}**\n")
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        out.extend("| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows)
+        out.append("")
+    return "\n".join(out)
+
+
+def refresh_readme(readme: Path, body: str) -> bool:
+    """Replace the text between the bench markers in ``readme`` with ``body``; False if no markers."""
+    text = readme.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    write_atomic(readme, f"{head}{START}\n{body.rstrip()}\n{END}{tail}")
+    return True
