@@ -45,11 +45,16 @@ class SentenceEncoder:
         self.dim = int(model.config.hidden_size)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """float32 [n, dim], L2-normalised embeddings of ``texts`` (mean pooling, masked)."""
+        """float32 [n, dim], L2-normalised embeddings of ``texts`` (mean pooling, masked), in order.
+
+        Texts are batched by length (longest first) so that a batch pads to similar lengths, not
+        to the longest caption of the whole input; the outputs are the same, in the input order.
+        """
+        order = sorted(range(len(texts)), key=lambda i: -len(str(texts[i])))
         out: list[np.ndarray] = []
         with torch.inference_mode():
-            for start in range(0, len(texts), max(1, batch_size)):
-                batch = [str(t) for t in texts[start : start + batch_size]]
+            for start in range(0, len(order), max(1, batch_size)):
+                batch = [str(texts[i]) for i in order[start : start + batch_size]]
                 enc = self.tokenizer(  # type: ignore[operator]
                     batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
                 ).to(self.device)
@@ -59,7 +64,9 @@ class SentenceEncoder:
                 out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
         if not out:
             return np.zeros((0, self.dim), np.float32)
-        return np.concatenate(out).astype(np.float32)
+        result = np.empty((len(order), self.dim), np.float32)
+        result[np.asarray(order)] = np.concatenate(out)
+        return result
 
 
 def minilm_folder() -> Path:
@@ -88,6 +95,7 @@ def load_sentence_encoder(spec: str, device: str = "auto") -> SentenceEncoder:
     Raises :class:`EncoderLoadError` when the folder is missing or not a loadable model.
     """
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     spec = spec.strip()
     folder = minilm_folder() if spec == MINILM else Path(spec).expanduser()
@@ -96,7 +104,18 @@ def load_sentence_encoder(spec: str, device: str = "auto") -> SentenceEncoder:
     model_id = MINILM_MODEL_ID if spec == MINILM else f"sentence:{folder.resolve().name}-{_weights_digest(folder)}"
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        # sentence-transformers checkpoints carry a pooler the bare model does not use: keep the
+        # "UNEXPECTED pooler.dense.*" load report out of every command's output
+        previous = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        finally:
+            hf_logging.set_verbosity(previous)
+            if bars:
+                hf_logging.enable_progress_bar()
     except (OSError, ValueError, KeyError) as exc:
         raise EncoderLoadError(f"cannot load the sentence encoder in {folder}: {exc}") from exc
     return SentenceEncoder(model, tokenizer, model_id=model_id, device=resolve_device(device))
