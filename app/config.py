@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="`auto` (GPU when present), `cpu`, `cuda` or `cuda:N`.")
     encode_batch_size: int = Field(64, ge=1, le=4096, description="Images or captions per encoder batch.")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="CPU threads per process for the encoders (0: PyTorch's default, one per core); "
+        "lower it where other busy processes share the cores.",
+    )
     text_model: str | None = Field(
         None,
         description="Sentence encoder for the caption channel of hybrid search (a local folder "
@@ -152,6 +159,13 @@ class Settings(BaseSettings):
             return None
         newest = max(exports, key=lambda p: (p / "open_clip_config.json").stat().st_mtime)
         return f"local-dir:{newest}"
+
+    def apply_torch_threads(self) -> None:
+        """Set PyTorch's intra-op thread count to ``torch_threads`` (no-op, and no torch import, at 0)."""
+        if self.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
 
     def ingest_limits(self) -> IngestLimits:
         """The ingestion caps (pixel, archive member count and size, thumbnail size) as the indexer takes them."""

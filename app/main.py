@@ -50,6 +50,7 @@ def create_app(
     count or stub loads); by default the real loader is used.
     """
     settings = settings or Settings()
+    settings.apply_torch_threads()
     metrics = Metrics()
 
     @asynccontextmanager

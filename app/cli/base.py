@@ -27,7 +27,9 @@ def load_settings(**overrides: object) -> Settings:
     ``None`` overrides are ignored so that CLI options only replace what the user gave.
     """
     given = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**given)  # type: ignore[arg-type]
+    settings = Settings(**given)  # type: ignore[arg-type]
+    settings.apply_torch_threads()
+    return settings
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -38,3 +38,4 @@ def test_config_command_masks_secrets(monkeypatch) -> None:  # type: ignore[no-u
     result = CliRunner().invoke(cli, ["config"])
     assert result.exit_code == 0, result.output
     assert "very-secret-key" not in result.output and '"api_key": "**********"' in result.output
+
