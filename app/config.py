@@ -48,9 +48,9 @@ class Settings(BaseSettings):
         "lower it where other busy processes share the cores.",
     )
     text_model: str | None = Field(
-        None,
-        description="Sentence encoder for the caption channel of hybrid search (a local folder "
-        "or `minilm` for the bundled all-MiniLM-L6-v2); default: the CLIP text tower only.",
+        "minilm",
+        description="Sentence encoder of hybrid search's caption channel: `minilm` (the bundled "
+        "all-MiniLM-L6-v2) or a local Hugging Face model folder; empty: the CLIP text tower.",
     )
 
     # --- ingestion ---------------------------------------------------------------------------------
@@ -103,8 +103,10 @@ class Settings(BaseSettings):
         "hybrid", description="Default ranking of text queries (the API's `mode`)."
     )
     weight_lexical: float = Field(1.0, ge=0, description="Hybrid: weight of full-text search (0 switches it off).")
-    weight_image: float = Field(0.5, ge=0, description="Hybrid: weight of the CLIP image index.")
-    weight_caption: float = Field(1.0, ge=0, description="Hybrid: weight of the caption index.")
+    weight_image: float = Field(
+        0.02, ge=0, description="Hybrid: weight of the CLIP image index (raise it for a strong encoder)."
+    )
+    weight_caption: float = Field(1.5, ge=0, description="Hybrid: weight of the caption index.")
     rrf_k: int = Field(60, ge=1, description="Hybrid: reciprocal-rank-fusion constant.")
 
     @field_validator("database_url", "model", "text_model", "api_key", "read_api_key", mode="before")

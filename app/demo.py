@@ -268,4 +268,17 @@ def prepare(
         factory, settings.index_dir, encoder.model_id, options=settings.index_options(), progress=progress
     )
     steps.append(index_report.summary())
+    if settings.text_model:  # the caption channel of hybrid search
+        from indexer.caption_embeddings import index_captions
+        from training.sentence_encoder import load_sentence_encoder
+
+        captions, caption_index = index_captions(
+            factory,
+            load_sentence_encoder(settings.text_model, device=settings.device),
+            settings.index_dir,
+            options=settings.index_options(),
+            batch_size=settings.encode_batch_size,
+            progress=progress,
+        )
+        steps += [captions.summary(), caption_index.summary()]
     return DemoResult(model_spec=spec, steps=steps)

@@ -50,8 +50,8 @@ class FusionWeights:
     """Per-channel weights and the RRF constant (``rrf_k``: larger flattens the rank discount)."""
 
     lexical: float = 1.0
-    image: float = 0.5
-    caption: float = 1.0
+    image: float = 0.02
+    caption: float = 1.5
     rrf_k: int = 60
 
     @classmethod

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from sqlalchemy import and_, exists, func, insert, select
@@ -22,6 +23,9 @@ from tqdm import tqdm
 
 from indexer.catalogue import Embedding, Figure
 from indexer.embeddings import EmbeddingError, EmbedReport
+
+if TYPE_CHECKING:
+    from indexer.index_update import IndexOptions, IndexReport
 
 
 class TextEncoder(Protocol):
@@ -101,3 +105,21 @@ def embed_captions(
         bar.close()
         report.seconds = time.perf_counter() - start
     return report
+
+
+def index_captions(
+    session_factory: sessionmaker[Session],
+    encoder: TextEncoder,
+    index_dir: Path,
+    *,
+    options: IndexOptions,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> tuple[EmbedReport, IndexReport]:
+    """Encode the captions the sentence ``encoder`` has not encoded yet and publish its caption
+    index under ``index_dir``. Returns the embedding and index reports (their ``summary()`` lines)."""
+    from indexer.index_update import update_indexes
+
+    report = embed_captions(session_factory, encoder, batch_size=batch_size, progress=progress)
+    index_report = update_indexes(session_factory, index_dir, encoder.model_id, options=options, progress=progress)
+    return report, index_report

@@ -99,6 +99,19 @@ def index_cmd(
     options = settings.index_options(rebuild=rebuild)
     result = update_indexes(factory, settings.index_dir, encoder.model_id, options=options)
     console.print(result.summary())
+    if settings.text_model:  # the caption channel's sentence encoder of hybrid search
+        from indexer.caption_embeddings import index_captions
+        from training.sentence_encoder import load_sentence_encoder
+
+        try:
+            text_encoder = load_sentence_encoder(settings.text_model, device=settings.device)
+        except Exception as exc:
+            fail(f"cannot load the caption-channel text model {settings.text_model!r}: {exc}")
+        captions, caption_index = index_captions(
+            factory, text_encoder, settings.index_dir, options=options, batch_size=settings.encode_batch_size
+        )
+        console.print(captions.summary())
+        console.print(caption_index.summary())
 
 
 @cli.command("check")

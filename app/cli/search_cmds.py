@@ -147,16 +147,16 @@ def index_captions_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Embed every caption with the sentence encoder and publish its caption index."""
-    from indexer.caption_embeddings import embed_captions
-    from indexer.index_update import update_indexes
+    from indexer.caption_embeddings import index_captions
 
     setup_logging(verbose)
     settings = load_settings(text_model=text_model)
     if not settings.text_model:
-        fail("no sentence encoder: pass --text-model minilm (or set BIOMEDSEARCH_TEXT_MODEL)")
+        fail("no sentence encoder: BIOMEDSEARCH_TEXT_MODEL is empty; pass --text-model minilm or a model folder")
     factory = _session_factory(settings)
     encoder = _load_text_model(settings)
-    report = embed_captions(factory, encoder, batch_size=batch_size)
+    report, index_report = index_captions(
+        factory, encoder, settings.index_dir, options=settings.index_options(), batch_size=batch_size
+    )
     console.print(report.summary())
-    index_report = update_indexes(factory, settings.index_dir, encoder.model_id, options=settings.index_options())
     console.print(index_report.summary())

@@ -27,6 +27,7 @@ def make_settings(data_home: Path, db_url: str | None = None, **overrides: Any) 
         "database_url": db_url,
         "api_key": API_KEY,
         "run_worker": False,
+        "text_model": None,  # the CLIP caption index (tests of the sentence encoder set it)
         "device": "cpu",
         "use_gpu": False,
         "index_poll_s": 0.2,

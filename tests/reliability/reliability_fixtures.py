@@ -76,6 +76,7 @@ def make_settings(data_home: Path, db_url: str | None = None, **overrides: Any) 
         "index_poll_s": 0.2,
         "worker_poll_s": 0.1,
         "search_mode": "dense",
+        "text_model": None,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -55,6 +55,7 @@ def _worker_env(home: Path, db_url: str) -> dict[str, str]:
         BIOMEDSEARCH_DATA_HOME=str(home),
         BIOMEDSEARCH_DATABASE_URL=db_url,
         BIOMEDSEARCH_MODEL="fake",
+        BIOMEDSEARCH_TEXT_MODEL="",  # no sentence encoder: the fake CLIP encoder alone
         BIOMEDSEARCH_DEVICE="cpu",
         BIOMEDSEARCH_USE_GPU="false",
         BIOMEDSEARCH_JOB_STALE_S=str(STALE_S),

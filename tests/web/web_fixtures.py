@@ -37,6 +37,7 @@ def web_settings(data_home: Path, model_dir: Path, **overrides: Any) -> Settings
         "model": f"local-dir:{model_dir}",
         "api_key": API_KEY,
         "run_worker": True,
+        "text_model": None,  # the CLIP caption index (tests of the sentence encoder set it)
         "device": "cpu",
         "use_gpu": False,
         "index_poll_s": 0.2,
