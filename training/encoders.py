@@ -7,6 +7,7 @@ Specs: ``local-dir:PATH`` or a plain ``PATH`` (an open_clip local-dir export, se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
@@ -52,11 +53,20 @@ class Encoder:
         model_id: stable id (``<export folder>-<sha256(weights)[:12]>``, or the hub name).
         dim: embedding width.
         device: where the model runs (``cpu``, ``cuda``, ``cuda:N``).
+        image_autocast: the dtype the image tower runs in under autocast, or None (float32).
+
+    Precision: on a GPU both towers run under fp16 autocast. On a CPU the image tower runs under
+    bf16 autocast where the CPU has native bf16 and the tower is large enough to gain from it
+    (measured on this project's 2-core AVX512-BF16 machine: ViT-B/16 at 224 px 2.0 -> 3.0
+    images/s; the tiny image tower and every text tower were slower in bf16, so they stay float32).
+    Outputs are float32 either way.
     """
 
     def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, *, model_id: str,
                  device: str) -> None:
         self.model = model.to(device).eval()
+        self.image_autocast = _image_autocast_dtype(self.model, device)
+        self.text_autocast = torch.float16 if str(device).startswith("cuda") else None
         self.preprocess = preprocess
         self._batch_preprocess = SplitTransform(preprocess)
         self.tokenizer = tokenizer
@@ -74,7 +84,8 @@ class Encoder:
             # pad only to the longest text in the batch: the HF tower masks padding, so outputs match
             longest = int((ids != self.pad_id).sum(dim=1).max().item()) if ids.numel() else 1
             ids = ids[:, : max(longest, 1)]
-        feats = self.model.encode_text(ids.to(self.device), normalize=True)
+        with _autocast(self.device, getattr(self, "text_autocast", None)):
+            feats = self.model.encode_text(ids.to(self.device), normalize=True)
         return feats.float()
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
@@ -84,7 +95,8 @@ class Encoder:
             for start in range(0, len(images), batch_size):
                 chunk = images[start:start + batch_size]
                 pixels = self._batch_preprocess([im.convert("RGB") for im in chunk]).to(self.device)
-                feats = self.model.encode_image(pixels, normalize=True)
+                with _autocast(self.device, self.image_autocast):
+                    feats = self.model.encode_image(pixels, normalize=True)
                 out[start:start + len(chunk)] = feats.float().cpu().numpy()
         return out
 
@@ -103,6 +115,27 @@ class Encoder:
         with torch.inference_mode():
             ids = self.tokenizer([str(t) for t in texts]).to(self.device)
             return self.model.encode_text(ids, normalize=True).float().cpu().numpy()
+
+
+BF16_IMAGE_TOWER_MIN_PARAMS = 40_000_000  # below this, bf16 autocast was slower on the CPU
+
+
+def _image_autocast_dtype(model: torch.nn.Module, device: str) -> torch.dtype | None:
+    """fp16 on a GPU; bf16 on a CPU with native bf16 for a large image tower; else None (float32)."""
+    if str(device).startswith("cuda"):
+        return torch.float16
+    visual = getattr(model, "visual", None)
+    if visual is None or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    params = sum(p.numel() for p in visual.parameters())
+    return torch.bfloat16 if params >= BF16_IMAGE_TOWER_MIN_PARAMS else None
+
+
+def _autocast(device: str, dtype: torch.dtype | None) -> Any:
+    """An autocast context for ``device`` in ``dtype``, or a no-op context when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=dtype)
 
 
 def _weights_file(folder: Path) -> Path:
