@@ -196,10 +196,21 @@ def instantiate(model_cfg: JsonDict) -> torch.nn.Module:
     is_hf = "hf_model_name" in cfg["text_cfg"]
     custom_text = cfg.pop("custom_text", False) or is_hf
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
+    from transformers.utils import logging as hf_logging
+
+    # a BERT checkpoint's pooler / MLM head that the tower does not use would otherwise print a
+    # multi-line "UNEXPECTED keys" load report (and a weight-loading bar) into every command
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         model = cls(**cfg, output_dict=True)
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
         raise ConfigError(f"cannot build the model: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model
 
 
