@@ -68,6 +68,18 @@ def _drop_postgres_db(name: str) -> None:
     admin.dispose()
 
 
+@pytest.fixture
+def empty_postgres_url() -> Iterator[str]:
+    """A new, empty (unmigrated) PostgreSQL database for this test, dropped after it."""
+    if os.environ.get("BIOMEDSEARCH_TEST_SKIP_POSTGRES") == "1":
+        pytest.skip("PostgreSQL tests switched off by BIOMEDSEARCH_TEST_SKIP_POSTGRES=1")
+    url, name = _create_postgres_db()
+    try:
+        yield url
+    finally:
+        _drop_postgres_db(name)
+
+
 @pytest.fixture(scope="session")
 def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One migrated SQLite file per run; tests get copies (migrating each time is slow)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,18 +82,12 @@ def _answers(settings: Settings) -> dict[str, Any]:
 
 
 @pytest.fixture
-def target_db(db_url: str, tmp_path: Path) -> Iterator[str | None]:
-    """Where to restore: None (the SQLite file in the new data home) or a fresh PostgreSQL database."""
+def target_db(db_url: str, request: pytest.FixtureRequest) -> str | None:
+    """Where to restore: None (the SQLite file in the new data home) or a fresh PostgreSQL database
+    (the root conftest's ``empty_postgres_url``, dropped after the test)."""
     if db_url.startswith("sqlite"):
-        yield None
-        return
-    from conftest import _create_postgres_db, _drop_postgres_db
-
-    url, name = _create_postgres_db()
-    try:
-        yield url
-    finally:
-        _drop_postgres_db(name)
+        return None
+    return str(request.getfixturevalue("empty_postgres_url"))
 
 
 def _source_settings(db_url: str, home: Path) -> Settings:
