@@ -1,7 +1,7 @@
 """CPU smoke training through the real entry point (``biomedsearch train``) on synthetic pairs.
 
 Fast tier (no ``tiny_model_dir``): a few optimizer steps of ``biomedclip-tiny`` (random resnet18 +
-the locked, pretrained MiniLM tower), then everything a run promises: resolved config, history,
+the pretrained MiniLM tower at 0.1x the learning rate), then everything a run promises: resolved config, history,
 curves, resumable checkpoint, export that loads through ``load_encoder`` and through plain
 open_clip in a fresh process, text padded to the batch's longest = padded to 256.
 """
@@ -88,7 +88,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_writes_config_history_curves_and_checkpoint(smoke_run: Path) -> None:
     cfg = json.loads((smoke_run / "config.json").read_text())
     assert cfg["model"]["name"] == "biomedclip-tiny"
-    assert cfg["recipe"]["batch_size"] == 8 and cfg["recipe"]["lock_text"] is True
+    assert cfg["recipe"]["batch_size"] == 8
+    assert cfg["recipe"]["lock_text"] is False and cfg["recipe"]["text_lr_scale"] == 0.1
     assert cfg["train_pairs"] == 16 and cfg["dropped_captions"] == {"placeholder": 1}
     assert cfg["distinct_train_captions"] == 8  # identical captions share one id (multi-positive)
     assert cfg["text_pretrained_loaded"] is True
@@ -216,3 +217,25 @@ def test_frozen_text_cache_matches_the_text_tower() -> None:
         via_cache = torch.nn.functional.normalize(model.text.proj(cached), dim=-1)
         direct = model.encode_text(tokens, normalize=True)
     torch.testing.assert_close(via_cache, direct, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.e2e
+def test_torchrun_ddp_on_cpu_two_ranks(tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node 2 -m app.cli train``: DDP over gloo, local loss with gather-with-grad
+    (with the locked text tower: the cached-features path)."""
+    train = _write_jsonl(_synthetic_pairs(tmp_path / "images", 32, 0), tmp_path / "train.jsonl")
+    run = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BIOMEDSEARCH_DATA_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+         "127.0.0.1:0", "-m", "app.cli", "train", "--config", "biomedclip-tiny", "--data", str(train), "--out",
+         str(run), "--epochs", "2", "--batch-size", "8", "--max-steps", "3", "--device", "cpu", "--threads", "1",
+         "--lock-text"],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["recipe"]["lock_text"] is True
+    losses = [h for h in json.loads((run / "history.json").read_text()) if "loss" in h]
+    assert [h["step"] for h in losses] == [1, 2, 3]  # 32 pairs / (8 x 2 ranks) = 2 steps per epoch
+    assert load_encoder(str(run / "biomedclip-tiny"), device="cpu").dim == 256
