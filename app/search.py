@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.metrics import Metrics, timed
 from app.middleware import ApiError
-from app.ranking import ChannelHit, ChannelSearch, FusedHit, FusionWeights, fuse
+from app.ranking import ChannelHit, ChannelSearch, FusedHit, FusionWeights, dense_channel, fuse
 from indexer.catalogue import Article, Embedding, Figure
 from indexer.lexical import LexicalFilters, search_lexical
 
@@ -398,17 +398,15 @@ class SearchService:
     def _dense_channel(self, encoder: SerializedEncoder, indexes: Any, kind: str) -> ChannelSearch:
         """A text channel over ``indexes``' ``kind`` index, the query encoded (and cached) by ``encoder``."""
 
-        def search(query: str, n: int) -> list[ChannelHit]:
-            vec = self._encode_text_with(encoder, query)
-            with timed(self.metrics.index_search, kind):
-                scores, ids = indexes.search(kind, vec, n)
-            return [
-                ChannelHit(int(fid), float(score))
-                for score, fid in zip(np.asarray(scores)[0], np.asarray(ids)[0], strict=False)
-                if int(fid) >= 0
-            ]
+        metrics = self.metrics
 
-        return search
+        class TimedIndexes:
+            def search(self, kind: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+                with timed(metrics.index_search, kind):
+                    result: tuple[np.ndarray, np.ndarray] = indexes.search(kind, queries, k)
+                return result
+
+        return dense_channel(lambda query: self._encode_text_with(encoder, query), TimedIndexes(), kind)
 
     def _lexical_channel(self, filters: Filters) -> ChannelSearch:
         lexical_filters = None if filters.empty else LexicalFilters(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hostile_xml import BILLION_LAUGHS
 from ingest_fixtures import LIMITS, article_xml, bomb_png, factory_for, fig, jpeg_bytes, make_tar
 
 from indexer.catalogue import Article, Figure
@@ -20,16 +21,6 @@ from indexer.images import ImageRejected, store_image
 from indexer.ingest import ingest_paths
 from indexer.jats import HostileXMLError, parse_jats
 from indexer.packages import UnsafeArchiveError, extract_archive
-
-BILLION_LAUGHS = b"""<?xml version="1.0"?>
-<!DOCTYPE article [
- <!ENTITY lol "lol">
- <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
- <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
- <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
-]>
-<article><front><article-meta><title-group><article-title>&lol3;</article-title></title-group>
-</article-meta></front></article>"""
 
 EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
 <!DOCTYPE article [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hostile_xml import BILLION_LAUGHS
 from reliability_fixtures import (
     API_KEY,
     FAKE_MODEL_ID,
@@ -50,15 +51,6 @@ LIMITS = {
     "max_archive_bytes": 3_000_000,
     "max_image_pixels": 5_000_000,
 }
-BILLION_LAUGHS = b"""<?xml version="1.0"?>
-<!DOCTYPE article [
- <!ENTITY lol "lol">
- <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
- <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
- <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
-]>
-<article><front><article-meta><title-group><article-title>&lol3;</article-title></title-group>
-</article-meta></front></article>"""
 EXTERNAL_ENTITY = article_xml(
     77, 0, doctype='<!DOCTYPE article [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>', extra_body="<p>&xxe;</p>"
 )
