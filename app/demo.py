@@ -63,6 +63,7 @@ class DemoResult:
 
     model_spec: str
     steps: list[str] = field(default_factory=list)
+    encoder: Encoder | None = None  # loaded while preparing: the service reuses it
 
 
 def find_corpus(explicit: Path | None, search_from: Path) -> Corpus | None:
@@ -281,4 +282,4 @@ def prepare(
             progress=progress,
         )
         steps += [captions.summary(), caption_index.summary()]
-    return DemoResult(model_spec=spec, steps=steps)
+    return DemoResult(model_spec=spec, steps=steps, encoder=encoder)

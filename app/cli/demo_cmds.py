@@ -57,6 +57,8 @@ def demo(
     settings = settings.model_copy(update={"model": result.model_spec})
     console.print(f"open http://{settings.host}:{settings.port}/  (API docs at /docs)")
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        encoder = result.encoder  # already loaded: the service does not load it a second time
+        app = create_app(settings, encoder_loader=(lambda _spec, _device: encoder) if encoder is not None else None)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     except OSError as exc:
         fail(f"cannot serve on {settings.host}:{settings.port}: {exc}")
