@@ -46,7 +46,16 @@ def merge_results(path: Path, stages: dict[str, Any]) -> dict[str, Any]:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             doc = {"stages": {}}
-    doc.setdefault("stages", {}).update(stages)
+    old_stages = doc.setdefault("stages", {})
+    for name, new in stages.items():
+        old = old_stages.get(name)
+        if name == "search" and isinstance(old, dict) and isinstance(new, dict):
+            # the search stage runs per size: a run at 1M keeps the rows measured at 100k
+            sizes = {row.get("size") for row in new.get("rows", [])}
+            kept = [row for row in old.get("rows", []) if row.get("size") not in sizes]
+            new = {**old, **new, "rows": kept + list(new.get("rows", []))}
+            new["data"] = {**old.get("data", {}), **new.get("data", {})}
+        old_stages[name] = new
     write_atomic(path, json.dumps(doc, indent=1, default=str) + "\n")
     return doc
 
