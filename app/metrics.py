@@ -6,7 +6,8 @@ exposes it at ``GET /metrics``:
 
 - ``biomedsearch_http_request_duration_seconds{method,route,status}``: latency per route template;
 - ``biomedsearch_encode_seconds{kind}``: query encoding time (``text`` / ``image``);
-- ``biomedsearch_index_search_seconds{kind}``: FAISS search time per index (``image`` / ``caption``);
+- ``biomedsearch_index_search_seconds{kind}``: search time per index (FAISS ``image`` / ``caption``,
+  full-text ``lexical``);
 - ``biomedsearch_db_seconds{op}``: catalogue time (``join``, ``figure``, ``article``, ``jobs`` ...);
 - ``biomedsearch_query_cache_total{result}``: text-embedding cache ``hit`` / ``miss``;
 - ``biomedsearch_index_vectors{kind}``: vectors in the live index (read at scrape time);

@@ -414,7 +414,7 @@ class SearchService:
         )
 
         def search(query: str, n: int) -> list[ChannelHit]:
-            with timed(self.metrics.db, "lexical"), self.session_factory() as session:
+            with timed(self.metrics.index_search, "lexical"), self.session_factory() as session:
                 hits = search_lexical(session, query, n, lexical_filters)
             return [ChannelHit(h.figure_id, h.score, h.terms, h.where) for h in hits]
 
