@@ -106,6 +106,12 @@ def run_stage(args: Any, log: Any = print) -> dict[str, Any]:
         store_embeddings(factory, model_id, ids, vectors(n_base, dim, seed=1), "image")
         store_embeddings(factory, model_id, ids, vectors(n_base, dim, seed=2), "caption")
         report = update_indexes(factory, home / "indexes", model_id, progress=False)
+        # the default hybrid caption channel (MiniLM) is in step with the base too, as in service:
+        # a job then encodes only the new figures' captions with it
+        from training.sentence_encoder import MINILM_MODEL_ID
+
+        store_embeddings(factory, MINILM_MODEL_ID, ids, vectors(n_base, 384, seed=4), "caption")
+        update_indexes(factory, home / "indexes", MINILM_MODEL_ID, progress=False)
         log(f"freshness: base of {n_base} figures ready in {time.perf_counter() - t:.1f}s: {report.summary()}")
         package = make_package(Path(tmp), _medpix(args.shared_data, n_new))
         settings = {"data_home": str(home), "model": f"local-dir:{model_dir}", "device": "cpu",
