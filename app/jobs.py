@@ -373,14 +373,6 @@ class Worker:
         )
         counts.update({"embedded_images": report.images, "embedded_captions": report.captions})
         errors.extend({"stage": "embed", "figure_id": fid, "message": why} for fid, why in report.failed_images)
-        text_encoder = self._text_encoder(errors)
-        if text_encoder is not None:
-            from indexer.caption_embeddings import embed_captions
-
-            text_report = embed_captions(
-                self.session_factory, text_encoder, batch_size=s.encode_batch_size, progress=self.progress
-            )
-            counts["embedded_captions_text_model"] = text_report.captions
 
     def _text_encoder(self, errors: list[Any]) -> Any:
         """The sentence encoder of the caption channel, or None (none configured, or it failed to
@@ -403,13 +395,25 @@ class Worker:
             self.session_factory, s.index_dir, encoder.model_id, options=s.index_options(), progress=self.progress
         )
         counts.update(publish_counts(report))
+        if self.on_published is not None:  # the new figures are searchable from here on
+            self.on_published()
+        # then the caption channel's sentence encoder catches up (until it has, hybrid search
+        # finds the new figures through the full-text and image channels)
         text_encoder = self._text_encoder(errors)
         if text_encoder is not None:
-            update_indexes(
-                self.session_factory, s.index_dir, text_encoder.model_id, options=s.index_options(), progress=False
+            from indexer.caption_embeddings import index_captions
+
+            text_report, _ = index_captions(
+                self.session_factory,
+                text_encoder,
+                s.index_dir,
+                options=s.index_options(),
+                batch_size=s.encode_batch_size,
+                progress=self.progress,
             )
-        if self.on_published is not None:
-            self.on_published()
+            counts["embedded_captions_text_model"] = text_report.captions
+            if self.on_published is not None:
+                self.on_published()
 
     def _cleanup_uploads(self, job: Job) -> None:
         """Remove a finished job's upload folders (their content now lives in the media store)."""
