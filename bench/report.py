@@ -49,12 +49,15 @@ def merge_results(path: Path, stages: dict[str, Any]) -> dict[str, Any]:
     old_stages = doc.setdefault("stages", {})
     for name, new in stages.items():
         old = old_stages.get(name)
-        if name == "search" and isinstance(old, dict) and isinstance(new, dict):
+        old_result = old.get("result") if isinstance(old, dict) else None
+        new_result = new.get("result") if isinstance(new, dict) else None
+        if name == "search" and isinstance(old_result, dict) and isinstance(new_result, dict):
             # the search stage runs per size: a run at 1M keeps the rows measured at 100k
-            sizes = {row.get("size") for row in new.get("rows", [])}
-            kept = [row for row in old.get("rows", []) if row.get("size") not in sizes]
-            new = {**old, **new, "rows": kept + list(new.get("rows", []))}
-            new["data"] = {**old.get("data", {}), **new.get("data", {})}
+            sizes = {row.get("size") for row in new_result.get("rows", [])}
+            kept = [row for row in old_result.get("rows", []) if row.get("size") not in sizes]
+            merged = {**old_result, **new_result, "rows": kept + list(new_result.get("rows", []))}
+            merged["per_size"] = {**old_result.get("per_size", {}), **new_result.get("per_size", {})}
+            new = {**new, "result": merged}
         old_stages[name] = new
     write_atomic(path, json.dumps(doc, indent=1, default=str) + "\n")
     return doc
