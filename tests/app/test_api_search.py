@@ -37,7 +37,7 @@ def client(home: Path, tiny_model_dir: Path) -> Iterator[TestClient]:
 def catalogue(home: Path) -> dict[int, tuple[Figure, Article]]:
     engine = make_engine(f"sqlite:///{home / 'catalogue.db'}")
     with make_session_factory(engine)() as s:
-        rows = {f.id: (f, a) for f, a in s.execute(select(Figure, Article).join(Article)).tuples()}
+        rows = {f.id: (f, a) for f, a in s.execute(select(Figure, Article).join(Article))}
     engine.dispose()
     return rows
 
