@@ -49,6 +49,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
+from indexer.publish import fsync_dir
+
 FORMAT = "biomedsearch-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -133,21 +135,9 @@ def _sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for dirpath, _dirs, _files in os.walk(root):
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(Path(dirpath))
 
 
 def _write_new(path: Path, src: IO[bytes]) -> tuple[str, int]:
@@ -239,13 +229,18 @@ def _snapshot_sqlite(db: Path, out: Path) -> None:
 
 def _dump_postgres(url: str, out: Path, pg_dump: str) -> None:
     uri, env = _libpq(url)
-    cmd = [pg_dump, "--format=custom", "--no-owner", "--no-privileges", f"--file={out}", uri]
+    _run_pg_tool([pg_dump, "--format=custom", "--no-owner", "--no-privileges", f"--file={out}", uri], env)
+
+
+def _run_pg_tool(cmd: list[str], env: dict[str, str]) -> None:
+    """Run a PostgreSQL client tool (``cmd[0]``); :class:`BackupError` when it is missing or fails."""
+    name = Path(cmd[0]).name
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=24 * 3600)
     except FileNotFoundError as exc:
-        raise BackupError(f"{pg_dump} not found: install the PostgreSQL client tools") from exc
+        raise BackupError(f"{cmd[0]} not found: install the PostgreSQL client tools") from exc
     if done.returncode != 0:
-        raise BackupError(f"pg_dump failed: {done.stderr.strip()[-2000:]}")
+        raise BackupError(f"{name} failed: {done.stderr.strip()[-2000:]}")
 
 
 def create_backup(
@@ -325,7 +320,7 @@ def create_backup(
         if dest.exists():
             dest.rmdir()  # the empty folder the caller named
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -459,7 +454,7 @@ def restore_backup(
             if live.exists() or live.is_symlink():
                 os.replace(live, old / top)
             os.replace(staging / top, live)
-        _fsync_dir(data_home)
+        fsync_dir(data_home)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -493,19 +488,14 @@ def _restore_catalogue(dump: Path, database_url: str, pg_restore: str) -> None:
         for sfx in ("-wal", "-shm", "-journal"):  # a stale WAL must never be replayed onto the copy
             Path(f"{db_file}{sfx}").unlink(missing_ok=True)
         os.replace(tmp, db_file)
-        _fsync_dir(db_file.parent)
+        fsync_dir(db_file.parent)
         return
     uri, env = _libpq(database_url)
     cmd = [
         pg_restore, "--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction",
         "--exit-on-error", f"--dbname={uri}", str(dump),
     ]  # fmt: skip
-    try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=24 * 3600)
-    except FileNotFoundError as exc:
-        raise BackupError(f"{pg_restore} not found: install the PostgreSQL client tools") from exc
-    if done.returncode != 0:
-        raise BackupError(f"pg_restore failed: {done.stderr.strip()[-2000:]}")
+    _run_pg_tool(cmd, env)
 
 
 def _rebase_job_paths(database_url: str, old_home: str | None, new_home: Path) -> None:
