@@ -165,6 +165,20 @@ class SerializedEncoder:
             return np.asarray(self.inner.encode_images(images, batch_size=batch_size), dtype=np.float32)
 
 
+class _TimedSearcher:
+    """Live indexes whose searches are timed into the ``index_search`` metric (a dense channel's searcher)."""
+
+    def __init__(self, indexes: Any, metrics: Metrics) -> None:
+        self.indexes = indexes
+        self.metrics = metrics
+
+    def search(self, kind: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``indexes.search`` under the timer."""
+        with timed(self.metrics.index_search, kind):
+            result: tuple[np.ndarray, np.ndarray] = self.indexes.search(kind, queries, k)
+        return result
+
+
 class SearchService:
     """Everything a query needs: the encoder, the live indexes, the catalogue, the cache."""
 
@@ -180,6 +194,7 @@ class SearchService:
         self.session_factory = session_factory
         self.metrics = metrics
         self.cache = TextEmbeddingCache(settings.query_cache_size)
+        self.weights = FusionWeights.from_settings(settings)
         self._encoder_loader = encoder_loader
         self._encoder: SerializedEncoder | None = None
         self._indexes: Any = None  # indexer.publish.LiveIndexes once the model id is known
@@ -259,7 +274,13 @@ class SearchService:
         return self._encoder is not None
 
     def refresh(self) -> bool:
-        """Switch to a newly published index version if there is one; True if it switched."""
+        """Switch to newly published index versions if there are any (the CLIP model's, and the
+        caption channel's sentence encoder's); True if the CLIP model's switched."""
+        if self._text_indexes is not None:
+            try:
+                self._text_indexes.refresh()
+            except Exception as exc:  # the caption channel falls back; the CLIP indexes still refresh
+                log.warning("caption-channel index refresh failed: %s", exc)
         if self._indexes is None:
             self.load()
             return False
@@ -386,7 +407,6 @@ class SearchService:
         self._load_text_encoder()
         if self._text_encoder is not None and self._text_indexes is not None:
             try:
-                self._text_indexes.refresh()
                 if int(self._text_indexes.ntotal("caption")) > 0:
                     return self._dense_channel(self._text_encoder, self._text_indexes, "caption")
             except Exception as exc:
@@ -397,16 +417,8 @@ class SearchService:
 
     def _dense_channel(self, encoder: SerializedEncoder, indexes: Any, kind: str) -> ChannelSearch:
         """A text channel over ``indexes``' ``kind`` index, the query encoded (and cached) by ``encoder``."""
-
-        metrics = self.metrics
-
-        class TimedIndexes:
-            def search(self, kind: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-                with timed(metrics.index_search, kind):
-                    result: tuple[np.ndarray, np.ndarray] = indexes.search(kind, queries, k)
-                return result
-
-        return dense_channel(lambda query: self._encode_text_with(encoder, query), TimedIndexes(), kind)
+        searcher = _TimedSearcher(indexes, self.metrics)
+        return dense_channel(lambda query: self._encode_text_with(encoder, query), searcher, kind)
 
     def _lexical_channel(self, filters: Filters) -> ChannelSearch:
         lexical_filters = None if filters.empty else LexicalFilters(
@@ -425,7 +437,7 @@ class SearchService:
 
         ``dense`` needs the encoder (503 without one); ``hybrid`` uses what is loaded.
         """
-        weights = FusionWeights.from_settings(self.settings)
+        weights = self.weights
         channels: dict[str, ChannelSearch] = {}
         if mode in ("hybrid", "lexical") and (mode == "lexical" or weights.lexical > 0):
             channels["lexical"] = self._lexical_channel(filters)
@@ -442,7 +454,7 @@ class SearchService:
 
     def fused_source(self, query: str, channels: dict[str, ChannelSearch]) -> CandidateSource:
         """A candidate source fusing ``channels`` (weighted RRF); each candidate carries its match."""
-        weights = FusionWeights.from_settings(self.settings)
+        weights = self.weights
         if set(channels) == {"lexical"}:
             weights = FusionWeights(lexical=1.0, image=0.0, caption=0.0, rrf_k=weights.rrf_k)
 
