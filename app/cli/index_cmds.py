@@ -42,6 +42,18 @@ def _load_encoder(spec: str, device: str) -> Any:
         fail(f"cannot load encoder {spec!r}: {exc}")
 
 
+def _load_text_model(settings: Settings) -> Any:
+    """The caption channel's sentence encoder (``settings.text_model``, which must be set); exits
+    with one clear line when it cannot be loaded."""
+    from training.sentence_encoder import load_sentence_encoder
+
+    assert settings.text_model is not None
+    try:
+        return load_sentence_encoder(settings.text_model, device=settings.device)
+    except Exception as exc:
+        fail(f"cannot load the caption-channel text model {settings.text_model!r}: {exc}")
+
+
 @cli.command("index")
 def index_cmd(
     model: str | None = typer.Option(None, "--model", help="Encoder spec (default: newest in models/)."),
@@ -101,12 +113,8 @@ def index_cmd(
     console.print(result.summary())
     if settings.text_model:  # the caption channel's sentence encoder of hybrid search
         from indexer.caption_embeddings import index_captions
-        from training.sentence_encoder import load_sentence_encoder
 
-        try:
-            text_encoder = load_sentence_encoder(settings.text_model, device=settings.device)
-        except Exception as exc:
-            fail(f"cannot load the caption-channel text model {settings.text_model!r}: {exc}")
+        text_encoder = _load_text_model(settings)
         captions, caption_index = index_captions(
             factory, text_encoder, settings.index_dir, options=options, batch_size=settings.encode_batch_size
         )

@@ -13,19 +13,9 @@ import typer
 from rich.table import Table
 
 from app.cli.base import cli, console, fail, load_settings, setup_logging
-from app.cli.index_cmds import _load_encoder, _session_factory
+from app.cli.index_cmds import _load_encoder, _load_text_model, _session_factory
 from app.config import Settings
 from app.ranking import ChannelSearch, FusionWeights, dense_channel, lexical_channel
-
-
-def _load_text_model(settings: Settings) -> Any:
-    from training.sentence_encoder import load_sentence_encoder
-
-    assert settings.text_model is not None
-    try:
-        return load_sentence_encoder(settings.text_model, device=settings.device)
-    except Exception as exc:
-        fail(f"cannot load text model {settings.text_model!r}: {exc}")
 
 
 def _live(settings: Settings, model_id: str, kind: str) -> Any:
