@@ -14,10 +14,11 @@ architecture-only config in ``configs/hf_text_configs.json`` (random init, no to
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,26 @@ def portable_name(name: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def quiet_hf_loading() -> Iterator[None]:
+    """Load Hugging Face weights without their load report and progress bar, then restore both.
+
+    A BERT checkpoint's pooler / MLM head that a tower does not use would otherwise print a
+    multi-line "UNEXPECTED keys" report (and a weight-loading bar) into every command's output.
+    """
+    from transformers.utils import logging as hf_logging
+
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def instantiate(model_cfg: JsonDict) -> torch.nn.Module:
     """Instantiate an open_clip CLIP / CustomTextCLIP from ``model_cfg`` exactly as open_clip's factory does.
 
@@ -196,21 +217,11 @@ def instantiate(model_cfg: JsonDict) -> torch.nn.Module:
     is_hf = "hf_model_name" in cfg["text_cfg"]
     custom_text = cfg.pop("custom_text", False) or is_hf
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
-    from transformers.utils import logging as hf_logging
-
-    # a BERT checkpoint's pooler / MLM head that the tower does not use would otherwise print a
-    # multi-line "UNEXPECTED keys" load report (and a weight-loading bar) into every command
-    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        model = cls(**cfg, output_dict=True)
+        with quiet_hf_loading():
+            model = cls(**cfg, output_dict=True)
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
         raise ConfigError(f"cannot build the model: {exc}") from exc
-    finally:
-        hf_logging.set_verbosity(previous)
-        if bars:
-            hf_logging.enable_progress_bar()
     return model
 
 

@@ -21,6 +21,7 @@ import torch
 
 from training.encoders import resolve_device
 from training.errors import EncoderLoadError
+from training.model_factory import quiet_hf_loading
 
 MINILM = "minilm"
 MINILM_MODEL_ID = "sentence:all-MiniLM-L6-v2"
@@ -95,7 +96,6 @@ def load_sentence_encoder(spec: str, device: str = "auto") -> SentenceEncoder:
     Raises :class:`EncoderLoadError` when the folder is missing or not a loadable model.
     """
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     spec = spec.strip()
     folder = minilm_folder() if spec == MINILM else Path(spec).expanduser()
@@ -104,18 +104,8 @@ def load_sentence_encoder(spec: str, device: str = "auto") -> SentenceEncoder:
     model_id = MINILM_MODEL_ID if spec == MINILM else f"sentence:{folder.resolve().name}-{_weights_digest(folder)}"
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        # sentence-transformers checkpoints carry a pooler the bare model does not use: keep the
-        # "UNEXPECTED pooler.dense.*" load report out of every command's output
-        previous = hf_logging.get_verbosity()
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
+        with quiet_hf_loading():  # sentence-transformers checkpoints carry a pooler the model does not use
             model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-        finally:
-            hf_logging.set_verbosity(previous)
-            if bars:
-                hf_logging.enable_progress_bar()
     except (OSError, ValueError, KeyError) as exc:
         raise EncoderLoadError(f"cannot load the sentence encoder in {folder}: {exc}") from exc
     return SentenceEncoder(model, tokenizer, model_id=model_id, device=resolve_device(device))
