@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from plain_open_clip import plain_open_clip_features
 from typer.testing import CliRunner
 
 from app.cli import cli
@@ -139,38 +139,12 @@ def test_export_round_trips_through_plain_open_clip_in_a_fresh_process(smoke_run
     transformers reads that id's config.json from a Hugging Face cache (simulated here).
     """
     export = smoke_run / "biomedclip-tiny"
-    moved = tmp_path / "moved" / "exported"
-    shutil.copytree(export, moved)
-    cache = tmp_path / "hf-cache"
-    snap = cache / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / ("0" * 40)
-    snap.mkdir(parents=True)
-    shutil.copy(export / "config.json", snap / "config.json")
-    (snap.parents[1] / "refs").mkdir()
-    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
     image = tmp_path / "probe.png"
     Image.new("RGB", (64, 64), (30, 160, 30)).save(image)
-    script = (
-        "import sys, numpy as np, open_clip, torch\n"
-        "from PIL import Image\n"
-        f"model, preprocess = open_clip.create_model_from_pretrained('local-dir:{moved}')\n"
-        f"tok = open_clip.get_tokenizer('local-dir:{moved}')\n"
-        "model.eval()\n"
-        "with torch.no_grad():\n"
-        f"    t = model.encode_text(tok({TEXTS!r}), normalize=True).numpy()\n"
-        f"    i = model.encode_image(preprocess(Image.open('{image}').convert('RGB'))[None], normalize=True).numpy()\n"
-        f"np.save('{tmp_path / 'text.npy'}', t)\n"
-        f"np.save('{tmp_path / 'image.npy'}', i)\n"
-        "assert not any(m.split('.')[0] in ('training', 'indexer', 'app') for m in sys.modules)\n"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": "",
-           "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    plain_text, plain_image = plain_open_clip_features(export, tmp_path, TEXTS, image)
     ours = load_encoder(str(export), device="cpu")
-    np.testing.assert_allclose(np.load(tmp_path / "text.npy"), ours.encode_texts(TEXTS), atol=1e-5)
-    np.testing.assert_allclose(np.load(tmp_path / "image.npy"),
-                               ours.encode_images([Image.open(image).convert("RGB")]), atol=1e-5)
+    np.testing.assert_allclose(plain_text, ours.encode_texts(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(plain_image, ours.encode_images([Image.open(image).convert("RGB")]), atol=1e-5)
 
 
 def test_bad_training_input_exits_non_zero_with_a_message(tmp_path: Path) -> None:
