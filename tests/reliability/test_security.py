@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import hmac
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,10 @@ def test_nothing_is_written_outside_the_data_home(tmp_path: Path, monkeypatch: p
             pass
         engine.dispose()
         assert {j["state"] for j in c.get("/api/jobs").json()["jobs"]} == {"done"}
-        c.get("/readyz")
+        # a separate worker published: the service switches on its next index poll (0.2 s here)
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").json()["indexes"]["image"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         hits = c.get("/api/search", params={"q": "chest CT", "k": 20}).json()["results"]
         assert hits
         c.get(hits[0]["image_url"])
