@@ -7,7 +7,6 @@ Specs: ``local-dir:PATH`` or a plain ``PATH`` (an open_clip local-dir export, se
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import socket
@@ -25,6 +24,7 @@ from PIL import Image
 from training.errors import ConfigError, EncoderLoadError
 from training.export import CONFIG_NAME
 from training.model_factory import instantiate, resolve_text_source
+from training.precision import autocast, autocast_dtype, default_precision
 from training.preprocess import SplitTransform
 
 HF_HUB_PREFIX = "hf-hub:"
@@ -53,20 +53,18 @@ class Encoder:
         model_id: stable id (``<export folder>-<sha256(weights)[:12]>``, or the hub name).
         dim: embedding width.
         device: where the model runs (``cpu``, ``cuda``, ``cuda:N``).
-        image_autocast: the dtype the image tower runs in under autocast, or None (float32).
+        precision: ``auto`` or ``fp32`` (see :mod:`training.precision`).
+        autocast: the dtype both towers run in under autocast, or None (float32): with ``auto``,
+            fp16 on a GPU, bf16 on a CPU with native bf16, else None.
 
-    Precision: on a GPU both towers run under fp16 autocast. On a CPU the image tower runs under
-    bf16 autocast where the CPU has native bf16 and the tower is large enough to gain from it
-    (measured on this project's 2-core AVX512-BF16 machine: ViT-B/16 at 224 px 2.0 -> 3.0
-    images/s; the tiny image tower and every text tower were slower in bf16, so they stay float32).
     Outputs are float32 either way.
     """
 
     def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, *, model_id: str,
-                 device: str) -> None:
+                 device: str, precision: str | None = None) -> None:
         self.model = model.to(device).eval()
-        self.image_autocast = _image_autocast_dtype(self.model, device)
-        self.text_autocast = torch.float16 if str(device).startswith("cuda") else None
+        self.precision = precision or default_precision()
+        self.autocast = autocast_dtype(device, self.precision)
         self.preprocess = preprocess
         self._batch_preprocess = SplitTransform(preprocess)
         self.tokenizer = tokenizer
@@ -84,9 +82,9 @@ class Encoder:
             # pad only to the longest text in the batch: the HF tower masks padding, so outputs match
             longest = int((ids != self.pad_id).sum(dim=1).max().item()) if ids.numel() else 1
             ids = ids[:, : max(longest, 1)]
-        with _autocast(self.device, getattr(self, "text_autocast", None)):
-            feats = self.model.encode_text(ids.to(self.device), normalize=True)
-        return feats.float()
+        with autocast(self.device, self.autocast):
+            feats = self.model.encode_text(ids.to(self.device))
+        return torch.nn.functional.normalize(feats.float(), dim=-1)  # in float32: unit length at any precision
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
         """Encode PIL images -> float32 ``[n, dim]``, L2-normalised, in batches of ``batch_size``."""
@@ -95,47 +93,35 @@ class Encoder:
             for start in range(0, len(images), batch_size):
                 chunk = images[start:start + batch_size]
                 pixels = self._batch_preprocess([im.convert("RGB") for im in chunk]).to(self.device)
-                with _autocast(self.device, self.image_autocast):
-                    feats = self.model.encode_image(pixels, normalize=True)
-                out[start:start + len(chunk)] = feats.float().cpu().numpy()
+                with autocast(self.device, self.autocast):
+                    feats = self.model.encode_image(pixels)
+                out[start:start + len(chunk)] = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
         return out
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """Encode texts -> float32 ``[n, dim]``, L2-normalised; each batch is padded to its longest text."""
+        """Encode texts -> float32 ``[n, dim]``, L2-normalised, in the input order.
+
+        Texts are batched by length (longest first), and each batch is padded only to its longest
+        text, so one long caption does not pad a whole batch of short ones; the outputs are the
+        same as encoding each text alone.
+        """
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(str(texts[i])))
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                chunk = [str(t) for t in texts[start:start + batch_size]]
-                feats = self._text_features(self.tokenizer(chunk))
-                out[start:start + len(chunk)] = feats.cpu().numpy()
+            for start in range(0, len(order), max(1, batch_size)):
+                rows = order[start:start + batch_size]
+                feats = self._text_features(self.tokenizer([str(texts[i]) for i in rows]))
+                out[np.asarray(rows)] = feats.cpu().numpy()
         return out
 
     def encode_texts_padded(self, texts: Sequence[str]) -> np.ndarray:
-        """Encode texts padded to the full context length (reference path used to check equivalence)."""
+        """Encode texts padded to the full context length, at the encoder's precision (the reference
+        path that shows padding to the longest text in a batch changes nothing)."""
         with torch.inference_mode():
             ids = self.tokenizer([str(t) for t in texts]).to(self.device)
-            return self.model.encode_text(ids, normalize=True).float().cpu().numpy()
-
-
-BF16_IMAGE_TOWER_MIN_PARAMS = 40_000_000  # below this, bf16 autocast was slower on the CPU
-
-
-def _image_autocast_dtype(model: torch.nn.Module, device: str) -> torch.dtype | None:
-    """fp16 on a GPU; bf16 on a CPU with native bf16 for a large image tower; else None (float32)."""
-    if str(device).startswith("cuda"):
-        return torch.float16
-    visual = getattr(model, "visual", None)
-    if visual is None or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return None
-    params = sum(p.numel() for p in visual.parameters())
-    return torch.bfloat16 if params >= BF16_IMAGE_TOWER_MIN_PARAMS else None
-
-
-def _autocast(device: str, dtype: torch.dtype | None) -> Any:
-    """An autocast context for ``device`` in ``dtype``, or a no-op context when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=dtype)
+            with autocast(self.device, self.autocast):
+                feats = self.model.encode_text(ids)
+            return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
 
 
 def _weights_file(folder: Path) -> Path:
@@ -146,7 +132,7 @@ def _weights_file(folder: Path) -> Path:
     raise EncoderLoadError(f"no open_clip weights (open_clip_model.safetensors) in {folder}")
 
 
-def load_local_dir(folder: str | Path, device: str = "auto") -> Encoder:
+def load_local_dir(folder: str | Path, device: str = "auto", precision: str | None = None) -> Encoder:
     """Load an open_clip local-dir export from ``folder`` (offline; the folder may have moved)."""
     path = Path(folder).expanduser()
     if not path.is_dir():
@@ -185,7 +171,7 @@ def load_local_dir(folder: str | Path, device: str = "auto") -> Encoder:
     pp["size"] = model_cfg["vision_cfg"].get("image_size", 224)
     preprocess = image_transform_v2(PreprocessCfg(**pp), is_train=False)
     model_id = f"{path.resolve().name}-{_sha256(weights)[:12]}"
-    return Encoder(model, preprocess, tokenizer, model_id=model_id, device=resolve_device(device))
+    return Encoder(model, preprocess, tokenizer, model_id=model_id, device=resolve_device(device), precision=precision)
 
 
 def _check_hub_reachable(timeout_s: float = 3.0) -> None:
@@ -199,7 +185,7 @@ def _check_hub_reachable(timeout_s: float = 3.0) -> None:
         pass
 
 
-def load_hub(name: str, device: str = "auto") -> Encoder:
+def load_hub(name: str, device: str = "auto", precision: str | None = None) -> Encoder:
     """Load a published open_clip model from the Hugging Face hub (or its local cache).
 
     Fails fast with :class:`EncoderLoadError` when neither the cache nor the hub has it.
@@ -223,13 +209,14 @@ def load_hub(name: str, device: str = "auto") -> Encoder:
         tokenizer = open_clip.get_tokenizer(f"{HF_HUB_PREFIX}{name}")
     except Exception as exc:
         raise EncoderLoadError(f"cannot load hf-hub:{name}: {exc}. Offline, pass local-dir:PATH instead.") from exc
-    return Encoder(model, preprocess, tokenizer, model_id=name, device=resolve_device(device))
+    return Encoder(model, preprocess, tokenizer, model_id=name, device=resolve_device(device), precision=precision)
 
 
-def load_encoder(spec: str, device: str = "auto") -> Encoder:
+def load_encoder(spec: str, device: str = "auto", precision: str | None = None) -> Encoder:
     """Load an encoder from ``local-dir:PATH``, a plain ``PATH`` or ``hf-hub:NAME``.
 
-    ``device``: ``auto`` (GPU when present), ``cpu``, ``cuda`` or ``cuda:N``.
+    ``device``: ``auto`` (GPU when present), ``cpu``, ``cuda`` or ``cuda:N``; ``precision``:
+    ``auto`` or ``fp32`` (None: the process default, see :mod:`training.precision`).
     Raises :class:`EncoderLoadError` with a message saying what to pass instead.
     """
     spec = spec.strip()
@@ -239,7 +226,7 @@ def load_encoder(spec: str, device: str = "auto") -> Encoder:
         name = spec[len(HF_HUB_PREFIX):]
         if not name:
             raise EncoderLoadError("empty hub name after 'hf-hub:'")
-        return load_hub(name, device)
+        return load_hub(name, device, precision)
     if spec.startswith(LOCAL_DIR_PREFIX):
         spec = spec[len(LOCAL_DIR_PREFIX):]
-    return load_local_dir(spec, device)
+    return load_local_dir(spec, device, precision)

@@ -7,7 +7,8 @@ last hidden states over the attention mask, then L2-normalised (the sentence-tra
 for all-MiniLM-L6-v2), truncated to :data:`MAX_TOKENS` tokens.
 
 The encoder has the shape the indexer expects of a text encoder (``model_id``, ``dim``,
-``encode_texts``); it has no image tower, so it only ever produces ``caption`` vectors.
+``encode_texts``); it has no image tower, so it only ever produces ``caption`` vectors. It runs
+at the precision :mod:`training.precision` picks (bf16 autocast on a CPU with native bf16).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from training.encoders import resolve_device
 from training.errors import EncoderLoadError
 from training.model_factory import quiet_hf_loading
+from training.precision import autocast, autocast_dtype
 
 MINILM = "minilm"
 MINILM_MODEL_ID = "sentence:all-MiniLM-L6-v2"
@@ -38,8 +40,11 @@ class SentenceEncoder:
         device: where the model runs.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, *, model_id: str, device: str) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: object, *, model_id: str, device: str, precision: str | None = None
+    ) -> None:
         self.model = model.to(device).eval()
+        self.autocast = autocast_dtype(device, precision)
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.device = device
@@ -59,7 +64,8 @@ class SentenceEncoder:
                 enc = self.tokenizer(  # type: ignore[operator]
                     batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
                 ).to(self.device)
-                hidden = self.model(**enc).last_hidden_state
+                with autocast(self.device, self.autocast):
+                    hidden = self.model(**enc).last_hidden_state.float()
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
@@ -90,8 +96,10 @@ def _weights_digest(folder: Path) -> str:
     raise EncoderLoadError(f"no model.safetensors / pytorch_model.bin in {folder}")
 
 
-def load_sentence_encoder(spec: str, device: str = "auto") -> SentenceEncoder:
+def load_sentence_encoder(spec: str, device: str = "auto", precision: str | None = None) -> SentenceEncoder:
     """Load ``minilm`` (the bundled all-MiniLM-L6-v2) or a local Hugging Face model folder, offline.
+
+    ``precision``: ``auto`` or ``fp32`` (None: the process default, see :mod:`training.precision`).
 
     Raises :class:`EncoderLoadError` when the folder is missing or not a loadable model.
     """
@@ -108,4 +116,4 @@ def load_sentence_encoder(spec: str, device: str = "auto") -> SentenceEncoder:
             model = AutoModel.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise EncoderLoadError(f"cannot load the sentence encoder in {folder}: {exc}") from exc
-    return SentenceEncoder(model, tokenizer, model_id=model_id, device=resolve_device(device))
+    return SentenceEncoder(model, tokenizer, model_id=model_id, device=resolve_device(device), precision=precision)

@@ -43,7 +43,7 @@ def test_base_builds_offline_and_loads_through_load_encoder(tmp_path: Path) -> N
     doc = json.loads((out / "open_clip_config.json").read_text())
     assert doc["model_cfg"]["text_cfg"]["hf_model_name"] == "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
     assert json.loads((out / "config.json").read_text())["hidden_size"] == 768
-    enc = load_encoder(f"local-dir:{out}", device="cpu")
+    enc = load_encoder(f"local-dir:{out}", device="cpu", precision="fp32")
     assert enc.dim == 512
     texts = ["Axial CT of the chest shows a right upper lobe nodule.", "brain MRI"]
     txt = enc.encode_texts(texts)

@@ -40,7 +40,7 @@ def test_tiny_export_has_the_published_layout(tiny_model_dir: Path) -> None:
 
 
 def test_encodes_unit_vectors_and_pads_to_longest_only(tiny_model_dir: Path, shared_data: Path) -> None:
-    enc = load_encoder(f"local-dir:{tiny_model_dir}", device="cpu")
+    enc = load_encoder(f"local-dir:{tiny_model_dir}", device="cpu", precision="fp32")
     assert enc.model_id.startswith(f"{tiny_model_dir.name}-") and len(enc.model_id.rsplit("-", 1)[1]) == 12
     img = enc.encode_images(_images(shared_data), batch_size=2)
     txt = enc.encode_texts(TEXTS, batch_size=2)
@@ -68,7 +68,7 @@ def test_plain_open_clip_loads_export_in_fresh_process(tiny_model_dir: Path, tmp
     offline, transformers finds that id's config.json in a Hugging Face cache, simulated here.
     """
     plain, _ = plain_open_clip_features(tiny_model_dir, tmp_path, TEXTS)
-    ours = load_encoder(str(tiny_model_dir), device="cpu").encode_texts(TEXTS)
+    ours = load_encoder(str(tiny_model_dir), device="cpu", precision="fp32").encode_texts(TEXTS)
     np.testing.assert_allclose(plain, ours, atol=1e-5)
 
 
@@ -90,3 +90,40 @@ def test_hub_spec_offline_fails_fast_saying_what_to_pass(tmp_path: Path, monkeyp
     with pytest.raises(EncoderLoadError, match="local-dir:PATH"):
         load_encoder("hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
     assert time.monotonic() - start < 10
+
+
+def test_reduced_precision_stays_close_to_float32(tiny_model_dir: Path, shared_data: Path) -> None:
+    """``auto`` precision (bf16 autocast on a CPU with native bf16) keeps embeddings within a cosine
+    of 0.99 of float32, still unit length, and still pad-invariant at that tolerance."""
+    from training.precision import autocast_dtype
+
+    exact = load_encoder(str(tiny_model_dir), device="cpu", precision="fp32")
+    fast = load_encoder(str(tiny_model_dir), device="cpu", precision="auto")
+    assert exact.autocast is None and fast.autocast == autocast_dtype("cpu", "auto")
+    images = _images(shared_data)
+    for a, b in ((exact.encode_texts(TEXTS), fast.encode_texts(TEXTS)),
+                 (exact.encode_images(images), fast.encode_images(images))):
+        assert b.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-4)
+        assert float((a * b).sum(axis=1).min()) > 0.99
+    np.testing.assert_allclose(fast.encode_texts(TEXTS), fast.encode_texts_padded(TEXTS), atol=2e-2)
+
+
+def test_precision_choices_and_the_process_default() -> None:
+    import torch
+
+    from app.config import Settings
+    from training import precision
+
+    assert precision.autocast_dtype("cpu", "fp32") is None
+    assert precision.autocast_dtype("cuda:0", "auto") == torch.float16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        precision.autocast_dtype("cpu", "fp16x")
+    before = precision.default_precision()
+    try:
+        Settings(_env_file=None, encoder_precision="fp32").apply_encoder_runtime()  # type: ignore[call-arg]
+        assert precision.default_precision() == "fp32" and precision.autocast_dtype("cuda") is None
+        Settings(_env_file=None).apply_encoder_runtime()  # type: ignore[call-arg]
+        assert precision.default_precision() == "auto"
+    finally:
+        precision.set_default_precision(before)

@@ -106,7 +106,7 @@ def test_train_writes_config_history_curves_and_checkpoint(smoke_run: Path) -> N
 
 def test_export_loads_and_pads_texts_to_the_longest_in_batch(smoke_run: Path) -> None:
     export = smoke_run / "biomedclip-tiny"
-    enc = load_encoder(f"local-dir:{export}", device="cpu")
+    enc = load_encoder(f"local-dir:{export}", device="cpu", precision="fp32")
     txt = enc.encode_texts(TEXTS, batch_size=2)
     assert txt.shape == (3, enc.dim) and txt.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1.0, atol=1e-5)
@@ -142,7 +142,7 @@ def test_export_round_trips_through_plain_open_clip_in_a_fresh_process(smoke_run
     image = tmp_path / "probe.png"
     Image.new("RGB", (64, 64), (30, 160, 30)).save(image)
     plain_text, plain_image = plain_open_clip_features(export, tmp_path, TEXTS, image)
-    ours = load_encoder(str(export), device="cpu")
+    ours = load_encoder(str(export), device="cpu", precision="fp32")
     np.testing.assert_allclose(plain_text, ours.encode_texts(TEXTS), atol=1e-5)
     np.testing.assert_allclose(plain_image, ours.encode_images([Image.open(image).convert("RGB")]), atol=1e-5)
 
