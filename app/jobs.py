@@ -29,7 +29,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -252,15 +253,20 @@ class Worker:
         counts: dict[str, Any] = dict(job.counts or {})
         errors: list[Any] = list(job.errors or [])
         stage = "start"
+        seconds: dict[str, float] = {}
+        counts["seconds"] = seconds  # wall time per stage, shown in the job record
         try:
             paths: list[Path] = [Path(p) for p in job.payload.get("paths", [])]
             if job.kind == "fetch":
                 stage = "fetch"
-                paths = self._fetch(job, counts, errors)
+                with _stage_timer(seconds, stage):
+                    paths = self._fetch(job, counts, errors)
             stage = "ingest"
-            self._ingest(job, paths, counts, errors)
+            with _stage_timer(seconds, stage):
+                self._ingest(job, paths, counts, errors)
             stage = "embed"
-            self._embed(job, counts, errors)
+            with _stage_timer(seconds, stage):
+                self._embed(job, counts, errors)
             stage = "publish"
             self._publish(job, counts, errors)
         except Exception as exc:
@@ -389,11 +395,13 @@ class Worker:
         from indexer.index_update import update_indexes
 
         s = self.settings
+        seconds = counts.setdefault("seconds", {})
         self._set(job, "publish", _STAGE_END["embed"], counts, errors)
         encoder = self.encoder_provider()
-        report = update_indexes(
-            self.session_factory, s.index_dir, encoder.model_id, options=s.index_options(), progress=self.progress
-        )
+        with _stage_timer(seconds, "publish"):
+            report = update_indexes(
+                self.session_factory, s.index_dir, encoder.model_id, options=s.index_options(), progress=self.progress
+            )
         counts.update(publish_counts(report))
         if self.on_published is not None:  # the new figures are searchable from here on
             self.on_published()
@@ -403,14 +411,15 @@ class Worker:
         if text_encoder is not None:
             from indexer.caption_embeddings import index_captions
 
-            text_report, _ = index_captions(
-                self.session_factory,
-                text_encoder,
-                s.index_dir,
-                options=s.index_options(),
-                batch_size=s.encode_batch_size,
-                progress=self.progress,
-            )
+            with _stage_timer(seconds, "caption_channel"):
+                text_report, _ = index_captions(
+                    self.session_factory,
+                    text_encoder,
+                    s.index_dir,
+                    options=s.index_options(),
+                    batch_size=s.encode_batch_size,
+                    progress=self.progress,
+                )
             counts["embedded_captions_text_model"] = text_report.captions
             if self.on_published is not None:
                 self.on_published()
@@ -427,6 +436,16 @@ class Worker:
 # --- leftovers of killed workers --------------------------------------------------------------------
 
 SWEEP_GRACE_S = 3600.0  # older than any upload being saved or package being unpacked right now
+
+
+@contextmanager
+def _stage_timer(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Record the wall time of the block as ``seconds[stage]`` (also when it fails)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = round(time.perf_counter() - start, 3)
 
 
 def sweep_leftovers(

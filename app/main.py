@@ -50,7 +50,7 @@ def create_app(
     count or stub loads); by default the real loader is used.
     """
     settings = settings or Settings()
-    settings.apply_torch_threads()
+    settings.apply_encoder_runtime()
     metrics = Metrics()
 
     @asynccontextmanager
@@ -156,6 +156,7 @@ def _stop(services: Services) -> None:
     for item in services.background:
         if isinstance(item, threading.Thread):
             item.join(timeout=10)
+    services.search.close()
     services.engine.dispose()
 
 

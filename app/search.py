@@ -36,20 +36,21 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from app.config import Settings
 from app.metrics import Metrics, timed
 from app.middleware import ApiError
-from app.ranking import ChannelHit, ChannelSearch, FusedHit, FusionWeights, dense_channel, fuse
+from app.ranking import CHANNELS, ChannelHit, ChannelSearch, FusedHit, FusionWeights, dense_channel, fuse
 from indexer.catalogue import Article, Embedding, Figure
-from indexer.lexical import LexicalFilters, search_lexical
+from indexer.lexical import LexicalFilters, match_terms, search_lexical
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,15 @@ RETRY_LOAD_S = 30.0
 INDEX_KINDS = ("image", "caption")
 TEXT_MODES = ("hybrid", "dense", "lexical")
 MAX_CANDIDATES = 20_000  # a filtered query's over-fetching stops here
+# The columns a search hit carries (app.schemas.figure_fields / article_ref). The join loads only
+# these: the JSON columns (mentions, extra) cost a decode per row and no answer shows them.
+HIT_FIGURE_COLUMNS = (
+    Figure.id, Figure.article_id, Figure.label, Figure.caption, Figure.caption_title, Figure.fig_id,
+    Figure.position, Figure.width, Figure.height, Figure.image_path, Figure.thumb_path,
+)
+HIT_ARTICLE_COLUMNS = (
+    Article.id, Article.pmcid, Article.doi, Article.pmid, Article.title, Article.journal, Article.year, Article.license,
+)
 
 
 @dataclass(frozen=True)
@@ -207,6 +217,7 @@ class SearchService:
         self._text_indexes: Any = None
         self._text_attempt = 0.0
         self.text_error: str | None = None
+        self._pool: ThreadPoolExecutor | None = None  # runs a hybrid query's channels side by side
 
     # --- loading ------------------------------------------------------------------------------------
     def load(self, *, force: bool = False) -> None:
@@ -427,8 +438,8 @@ class SearchService:
 
         def search(query: str, n: int) -> list[ChannelHit]:
             with timed(self.metrics.index_search, "lexical"), self.session_factory() as session:
-                hits = search_lexical(session, query, n, lexical_filters)
-            return [ChannelHit(h.figure_id, h.score, h.terms, h.where) for h in hits]
+                hits = search_lexical(session, query, n, lexical_filters, marks=False)
+            return [ChannelHit(h.figure_id, h.score) for h in hits]
 
         return search
 
@@ -460,10 +471,34 @@ class SearchService:
 
         def fetch(n: int) -> list[Candidate]:
             depth = max(n, 50)
-            results = {name: channel(query, depth) for name, channel in channels.items()}
+            results = self._run_channels(channels, query, depth)
             return [Candidate(h.figure_id, h.score, h) for h in fuse(results, weights)[:n]]
 
         return fetch
+
+    def _run_channels(
+        self, channels: dict[str, ChannelSearch], query: str, depth: int
+    ) -> dict[str, list[ChannelHit]]:
+        """Each channel's best ``depth`` hits for ``query``, the channels run side by side.
+
+        The lexical channel waits on the database and each dense channel on its own encoder (the
+        CLIP text tower, the sentence encoder), none of which holds the GIL while it works, so a
+        hybrid query costs about its slowest channel instead of the sum (``parallel_channels``).
+        """
+        if len(channels) < 2 or not self.settings.parallel_channels:
+            return {name: channel(query, depth) for name, channel in channels.items()}
+        if self._pool is None:
+            with self._load_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=2 * len(CHANNELS), thread_name_prefix="channel")
+        futures = {name: self._pool.submit(channel, query, depth) for name, channel in channels.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+    def close(self) -> None:
+        """Stop the channel threads (at shutdown; a later hybrid query would start them again)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # --- queries -------------------------------------------------------------------------------------
     def search_text(self, text: str, k: int, offset: int, filters: Filters, mode: str | None = None) -> Page:
@@ -480,7 +515,23 @@ class SearchService:
             self.fused_source(text, channels), "image", k, offset, filters,
             total=MAX_CANDIDATES, indexed=indexed, channels=tuple(channels),
         )
-        return Page(page.hits, page.indexed, page.index_version, mode, page.channels)
+        return Page(self._with_matched_terms(text, page.hits), page.indexed, page.index_version, mode, page.channels)
+
+    def _with_matched_terms(self, text: str, hits: list[Hit]) -> list[Hit]:
+        """``hits`` with the query's matched words filled into each lexically matched hit's ``match``
+        (the lexical channel ranks without them; only the page's hits need them)."""
+        ids = [h.figure.id for h in hits if h.match is not None and "lexical" in h.match.ranks]
+        if not ids:
+            return hits
+        with timed(self.metrics.index_search, "lexical"), self.session_factory() as session:
+            found = match_terms(session, text, ids)
+        out: list[Hit] = []
+        for hit in hits:
+            words = found.get(hit.figure.id)
+            if hit.match is not None and words is not None:
+                hit = replace(hit, match=replace(hit.match, terms=words[0], where=dict(words[1])))
+            out.append(hit)
+        return out
 
     def catalogue_size(self) -> int:
         """Figures in the catalogue (what lexical search covers)."""
@@ -561,11 +612,17 @@ class SearchService:
         self, candidates: list[Candidate], filters: Filters
     ) -> list[tuple[float, Figure, Article, FusedHit | None]]:
         """Candidates (in order, duplicates dropped) joined with their figure and article rows,
-        keeping those that pass ``filters``."""
+        keeping those that pass ``filters``. The rows are detached and carry only the columns a hit
+        shows (:data:`HIT_FIGURE_COLUMNS`, :data:`HIT_ARTICLE_COLUMNS`)."""
         if not candidates:
             return []
         ids = list(dict.fromkeys(c.figure_id for c in candidates))
-        stmt = select(Figure, Article).join(Article, Figure.article_id == Article.id).where(Figure.id.in_(ids))
+        stmt = (
+            select(Figure, Article)
+            .join(Article, Figure.article_id == Article.id)
+            .where(Figure.id.in_(ids))
+            .options(load_only(*HIT_FIGURE_COLUMNS), load_only(*HIT_ARTICLE_COLUMNS))
+        )
         if filters.year_from is not None:
             stmt = stmt.where(Article.year >= filters.year_from)
         if filters.year_to is not None:

@@ -120,13 +120,16 @@ def _dialect(session: Session) -> str:
 
 
 def search_lexical(
-    session: Session, query: str, k: int, filters: LexicalFilters | None = None
+    session: Session, query: str, k: int, filters: LexicalFilters | None = None, *, marks: bool = True
 ) -> list[LexicalHit]:
     """The best ``k`` figures for ``query`` by BM25-style full-text ranking, best first.
 
     Inputs: an open session on a migrated catalogue, the user's text (any characters), the number
     of results, optional article filters. Returns up to ``k`` :class:`LexicalHit` (score: higher
     is better; comparable within one query only). A query without usable terms returns ``[]``.
+    ``marks=False`` skips finding which words matched where (``terms`` and ``where`` stay empty):
+    the service ranks 50 candidates per channel but shows 10, and asks :func:`match_terms` for
+    the shown ones only.
     """
     if k < 1:
         raise ValueError("k must be at least 1")
@@ -136,18 +139,36 @@ def search_lexical(
     dialect = _dialect(session)
     if dialect == "sqlite":
         ranked = _rank_sqlite(session, terms, k, filters)
-        marked = _marks_sqlite(session, terms, [fid for fid, _ in ranked])
     elif dialect == "postgresql":
         ranked = _rank_postgres(session, terms, k, filters)
-        marked = _marks_postgres(session, terms, [fid for fid, _ in ranked])
     else:
         raise NotImplementedError(f"no lexical search for the {dialect!r} dialect")
-    hits: list[LexicalHit] = []
-    for fid, score in ranked:
-        where = marked.get(fid, {})
-        terms_out = tuple(dict.fromkeys(t for field in FIELDS for t in where.get(field, ())))
-        hits.append(LexicalHit(fid, score, terms_out, where))
-    return hits
+    found = match_terms(session, query, [fid for fid, _ in ranked]) if marks else {}
+    return [LexicalHit(fid, score, *found.get(fid, ((), {}))) for fid, score in ranked]
+
+
+def match_terms(
+    session: Session, query: str, ids: Sequence[int]
+) -> dict[int, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]]:
+    """For figures ``ids``, the words of their text that match ``query``'s terms (for highlighting).
+
+    Returns figure id -> (the matched words in field order, field -> the words matched there), for
+    the figures that match at all; the words are as written in the figure's text, lower-cased.
+    """
+    terms = query_terms(query)
+    if not terms or not ids:
+        return {}
+    dialect = _dialect(session)
+    if dialect == "sqlite":
+        marked = _marks_sqlite(session, terms, list(ids))
+    elif dialect == "postgresql":
+        marked = _marks_postgres(session, terms, list(ids))
+    else:
+        raise NotImplementedError(f"no lexical search for the {dialect!r} dialect")
+    out: dict[int, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {}
+    for fid, where in marked.items():
+        out[fid] = (tuple(dict.fromkeys(t for field in FIELDS for t in where.get(field, ()))), where)
+    return out
 
 
 def _marked_words(highlighted: str | None) -> tuple[str, ...]:

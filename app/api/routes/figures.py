@@ -6,7 +6,7 @@ import mimetypes
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
@@ -91,7 +91,7 @@ def similar(
     search: SearchDep,
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
     offset: Annotated[int, Query(ge=0, le=999)] = 0,
-) -> SearchResponse:
+) -> Response:
     """Nearest figures by image embedding (the figure itself excluded)."""
     check_depth(k, offset)
     page = search.similar(figure_id, k, offset, Filters())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from app.api.deps import SearchDep, SettingsDep
 from app.api.routes._common import ERRORS, NOT_READY, check_depth, check_years, search_response
@@ -62,7 +62,7 @@ def search_text(
         Query(description="Ranking: `hybrid` (lexical + dense, fused), `dense` (CLIP) or `lexical`; "
               "default: the service's `search_mode` setting."),
     ] = None,
-) -> SearchResponse:
+) -> Response:
     """Rank figures for ``q`` in ``mode``, join, filter and page."""
     text = q.strip()
     if not text:
@@ -94,7 +94,7 @@ def search_image(
         Literal["text", "image"],
         Form(description="`text`: rank captions (image->text); `image`: rank figure images."),
     ] = "text",
-) -> SearchResponse:
+) -> Response:
     """Decode and check the image (pixel cap), encode it, search the caption or image index."""
     check_depth(k, offset)
     data = file.file.read()
