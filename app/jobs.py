@@ -15,8 +15,11 @@ PMC packages to download, payload ``{"pmcids": [...]}``), ``state`` (``queued`` 
   (re-ingesting an article is a no-op, only missing vectors are embedded, publishing folds in only
   new vectors), so a resumed job simply runs again.
 - :class:`Worker` runs the loop: re-queue stale jobs, claim one, run its stages
-  ``fetch`` (PMCIDs only) -> ``ingest`` -> ``embed`` -> ``publish``, record the outcome. The API
-  process runs one in a thread (``run_worker``); ``biomedsearch worker`` runs the same loop alone.
+  ``fetch`` (PMCIDs only) -> ``ingest`` -> ``embed`` (image vectors) -> ``publish`` (the new
+  figures are searchable from here) -> ``captions`` (caption vectors, published again, then the
+  caption channel's sentence encoder), record the outcome with the seconds each stage took
+  (``counts["seconds"]``). The API process runs one in a thread (``run_worker``);
+  ``biomedsearch worker`` runs the same loop alone.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "done", "failed")
 # Share of the progress bar each stage ends at.
-_STAGE_END = {"fetch": 0.2, "ingest": 0.45, "embed": 0.85, "publish": 1.0}
+_STAGE_END = {"fetch": 0.15, "ingest": 0.35, "embed": 0.65, "publish": 0.7, "captions": 0.95}
 
 
 class JobError(Exception):
@@ -357,17 +360,21 @@ class Worker:
             reasons = "; ".join(f"{f.source}: {f.reason} {f.detail}".strip() for f in report.failed[:5])
             raise JobError(f"no article could be ingested from the package(s){': ' + reasons if reasons else ''}")
 
-    def _embed(self, job: Job, counts: dict[str, Any], errors: list[Any]) -> None:
+    def _embed(self, job: Job, counts: dict[str, Any], errors: list[Any], kind: str = "image") -> None:
+        """Make the missing ``kind`` vectors (image or caption) of the CLIP encoder."""
         from indexer.embeddings import count_pending, embed_pending
 
         s = self.settings
         start, end = _STAGE_END["ingest"], _STAGE_END["embed"]
-        self._set(job, "embed", start, counts, errors)
+        if kind == "caption":
+            start, end = _STAGE_END["publish"], _STAGE_END["captions"]
+        self._set(job, "embed" if kind == "image" else "captions", start, counts, errors)
         encoder = self.encoder_provider()
-        total = max(1, count_pending(self.session_factory, encoder.model_id))
+        total = max(1, count_pending(self.session_factory, encoder.model_id, kinds=(kind,)))
 
         def on_batch(done: int) -> None:
-            self._set(job, "embed", start + (end - start) * min(1.0, done / total), counts, errors)
+            self._set(job, "embed" if kind == "image" else "captions", start + (end - start) * min(1.0, done / total),
+                      counts, errors)
 
         report = embed_pending(
             self.session_factory,
@@ -376,8 +383,12 @@ class Worker:
             batch_size=s.encode_batch_size,
             progress=self.progress,
             on_batch=on_batch,
+            kinds=(kind,),
         )
-        counts.update({"embedded_images": report.images, "embedded_captions": report.captions})
+        if kind == "image":
+            counts["embedded_images"] = report.images
+        else:
+            counts["embedded_captions"] = report.captions
         errors.extend({"stage": "embed", "figure_id": fid, "message": why} for fid, why in report.failed_images)
 
     def _text_encoder(self, errors: list[Any]) -> Any:
@@ -392,21 +403,36 @@ class Worker:
             return None
 
     def _publish(self, job: Job, counts: dict[str, Any], errors: list[Any]) -> None:
-        from indexer.index_update import update_indexes
+        """Publish in the order that makes new figures searchable soonest.
 
+        1. the CLIP indexes with the new image vectors: from here text -> figure (image index and
+           full text) and image -> figure search find the new figures;
+        2. the CLIP caption vectors, then the CLIP indexes again (image -> caption search);
+        3. the caption channel's sentence encoder, when one is configured (until then hybrid search
+           finds the new figures through the full-text and image channels).
+        """
         s = self.settings
         seconds = counts.setdefault("seconds", {})
         self._set(job, "publish", _STAGE_END["embed"], counts, errors)
         encoder = self.encoder_provider()
-        with _stage_timer(seconds, "publish"):
-            report = update_indexes(
-                self.session_factory, s.index_dir, encoder.model_id, options=s.index_options(), progress=self.progress
-            )
-        counts.update(publish_counts(report))
-        if self.on_published is not None:  # the new figures are searchable from here on
-            self.on_published()
-        # then the caption channel's sentence encoder catches up (until it has, hybrid search
-        # finds the new figures through the full-text and image channels)
+
+        def publish(label: str) -> None:
+            from indexer.index_update import update_indexes
+
+            with _stage_timer(seconds, label):
+                report = update_indexes(
+                    self.session_factory, s.index_dir, encoder.model_id, options=s.index_options(),
+                    progress=self.progress,
+                )
+            counts.update(publish_counts(report))
+            if self.on_published is not None:
+                self.on_published()
+
+        publish("publish")
+        with _stage_timer(seconds, "captions"):
+            self._embed(job, counts, errors, kind="caption")
+        if counts.get("embedded_captions"):
+            publish("publish_captions")
         text_encoder = self._text_encoder(errors)
         if text_encoder is not None:
             from indexer.caption_embeddings import index_captions

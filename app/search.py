@@ -25,8 +25,8 @@ Text query embeddings are kept in an LRU cache (``query_cache_size`` entries, ke
 and text), so repeated queries skip the encoder.
 
 The encoder is loaded once (at startup, then retried at most every ``RETRY_LOAD_S`` seconds while
-it fails) and its calls are serialised by a lock: Hugging Face fast tokenizers are not safe to
-share between threads, and the in-process worker encodes on the same model.
+it fails) and shared with the in-process worker; queries and re-index batches run their forward
+passes side by side (the encoders lock only their tokenizer, see :class:`SharedEncoder`).
 """
 
 from __future__ import annotations
@@ -154,25 +154,28 @@ class TextEmbeddingCache:
             return len(self._data)
 
 
-class SerializedEncoder:
-    """An encoder whose calls run one at a time (see the module docstring); same interface."""
+class SharedEncoder:
+    """An encoder shared by the query threads and the in-process worker; same interface, float32
+    outputs.
+
+    Calls are not serialised: the encoders lock only their tokenizer, so a query's forward pass
+    runs beside a re-index batch instead of waiting for it (a batch of 64 captions holds the CPU
+    for a second or more).
+    """
 
     def __init__(self, encoder: Any) -> None:
         self.inner = encoder
         self.model_id: str = encoder.model_id
         self.dim: int = encoder.dim
         self.device: str = getattr(encoder, "device", "cpu")
-        self._lock = threading.Lock()
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """``inner.encode_texts`` under the lock."""
-        with self._lock:
-            return np.asarray(self.inner.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
+        """``inner.encode_texts`` as float32."""
+        return np.asarray(self.inner.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
-        """``inner.encode_images`` under the lock."""
-        with self._lock:
-            return np.asarray(self.inner.encode_images(images, batch_size=batch_size), dtype=np.float32)
+        """``inner.encode_images`` as float32."""
+        return np.asarray(self.inner.encode_images(images, batch_size=batch_size), dtype=np.float32)
 
 
 class _TimedSearcher:
@@ -206,14 +209,14 @@ class SearchService:
         self.cache = TextEmbeddingCache(settings.query_cache_size)
         self.weights = FusionWeights.from_settings(settings)
         self._encoder_loader = encoder_loader
-        self._encoder: SerializedEncoder | None = None
+        self._encoder: SharedEncoder | None = None
         self._indexes: Any = None  # indexer.publish.LiveIndexes once the model id is known
         self._load_lock = threading.Lock()
         self._last_attempt = 0.0
         self.encoder_error: str | None = None
         self.index_error: str | None = None
         # the caption channel's optional sentence encoder (Settings.text_model) and its indexes
-        self._text_encoder: SerializedEncoder | None = None
+        self._text_encoder: SharedEncoder | None = None
         self._text_indexes: Any = None
         self._text_attempt = 0.0
         self.text_error: str | None = None
@@ -251,7 +254,7 @@ class SearchService:
 
             loader = load_encoder
         try:
-            self._encoder = SerializedEncoder(loader(spec, self.settings.device))
+            self._encoder = SharedEncoder(loader(spec, self.settings.device))
             self.encoder_error = None
             log.info("encoder %s loaded (dim %d)", self._encoder.model_id, self._encoder.dim)
         except Exception as exc:  # reported by /readyz; the service keeps answering
@@ -271,7 +274,7 @@ class SearchService:
             log.error("%s", self.index_error)
 
     @property
-    def encoder(self) -> SerializedEncoder:
+    def encoder(self) -> SharedEncoder:
         """The loaded encoder; raises a 503 :class:`ApiError` while there is none."""
         if self._encoder is None:
             self.load()
@@ -345,7 +348,7 @@ class SearchService:
         """The [1, dim] embedding of ``text`` by the CLIP encoder (cached, see ``_encode_text_with``)."""
         return self._encode_text_with(self.encoder, text)
 
-    def _encode_text_with(self, encoder: SerializedEncoder, text: str) -> np.ndarray:
+    def _encode_text_with(self, encoder: SharedEncoder, text: str) -> np.ndarray:
         """The [1, dim] embedding of ``text`` by ``encoder`` (from the LRU cache when it was asked before)."""
         key = (encoder.model_id, text)
         cached = self.cache.get(key)
@@ -397,7 +400,7 @@ class SearchService:
                 from indexer.publish import LiveIndexes
                 from training.sentence_encoder import load_sentence_encoder
 
-                encoder = SerializedEncoder(load_sentence_encoder(self.settings.text_model, self.settings.device))
+                encoder = SharedEncoder(load_sentence_encoder(self.settings.text_model, self.settings.device))
                 indexes = LiveIndexes(self.settings.index_dir, encoder.model_id, use_gpu=self.settings.use_gpu)
                 indexes.refresh()
                 self._text_encoder, self._text_indexes = encoder, indexes
@@ -406,7 +409,7 @@ class SearchService:
                 self.text_error = f"could not load the caption-channel text model {self.settings.text_model!r}: {exc}"
                 log.error("%s", self.text_error)
 
-    def text_encoder(self) -> SerializedEncoder | None:
+    def text_encoder(self) -> SharedEncoder | None:
         """The caption channel's sentence encoder (``Settings.text_model``), loaded on first use; None
         when none is configured or it failed to load (``text_error`` says why)."""
         self._load_text_encoder()
@@ -426,7 +429,7 @@ class SearchService:
             return self._dense_channel(self._encoder, self._indexes, "caption")
         return None
 
-    def _dense_channel(self, encoder: SerializedEncoder, indexes: Any, kind: str) -> ChannelSearch:
+    def _dense_channel(self, encoder: SharedEncoder, indexes: Any, kind: str) -> ChannelSearch:
         """A text channel over ``indexes``' ``kind`` index, the query encoded (and cached) by ``encoder``."""
         searcher = _TimedSearcher(indexes, self.metrics)
         return dense_channel(lambda query: self._encode_text_with(encoder, query), searcher, kind)

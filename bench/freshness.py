@@ -5,9 +5,10 @@ home that already holds ``--figures`` figures (default 20,000) with stored embed
 indexes (built by the real ``update_indexes``). One PMC-style package (``.tar.gz``: a JATS article
 with 1,000 ``<fig>`` elements and their JPEGs, real MedPix images and captions) is sent to
 ``POST /api/articles``. From the 202 answer, the clock runs until (a) ``/readyz`` counts the new
-image vectors in the live index and (b) an image query (``POST /api/search/image``, mode=image)
-with one of the uploaded images returns that new figure first. The job's own stage record
-(ingest / embed / publish) comes from ``GET /api/jobs/{id}``.
+image vectors in the live index, (b) an image query (``POST /api/search/image``, mode=image)
+with one of the uploaded images returns that new figure first (the target: from here text and
+image queries find the new figures), and (c) the job is done (caption vectors and the caption
+channel published too). The job's own seconds per stage come from ``GET /api/jobs/{id}``.
 """
 
 from __future__ import annotations
@@ -139,24 +140,37 @@ def run_stage(args: Any, log: Any = print) -> dict[str, Any]:
                         found = time.perf_counter() - t0
                         break
                 time.sleep(0.2)
-            job = http.get(f"/api/jobs/{job_id}").json()
+            complete = None  # the job done: caption vectors and the caption channel published too
+            while time.perf_counter() - t0 < 900:
+                job = http.get(f"/api/jobs/{job_id}").json()
+                if job.get("state") in ("done", "failed"):
+                    complete = time.perf_counter() - t0
+                    break
+                time.sleep(0.2)
     result = {"base_figures": n_base, "new_figures": n_new, "package_mb": round(package.stat().st_size / 1e6, 1)
               if package.exists() else None, "upload_s": round(t0 - t_send, 2),
               "indexed_s": None if counted is None else round(counted, 2),
-              "searchable_s": None if found is None else round(found, 2), "job": job}
+              "searchable_s": None if found is None else round(found, 2),
+              "complete_s": None if complete is None else round(complete, 2), "job": job}
     log(f"  upload {result['upload_s']}s, counted in the index after {result['indexed_s']}s, "
-        f"found by search after {result['searchable_s']}s; job {job.get('state')} {job.get('counts')}")
+        f"found by search after {result['searchable_s']}s, job {job.get('state')} after {result['complete_s']}s; "
+        f"{job.get('counts')}")
     return result
 
 
 def tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """One row: the upload, the time to searchable, the target check."""
+    """One row: the upload, the time to searchable, the time to fully indexed, the target check."""
     from bench.report import verdict
 
     s = result.get("searchable_s")
     job = result.get("job", {})
+    stages = job.get("counts", {}).get("seconds", {})
     row = [f"{result.get('new_figures', 0):,} figures onto {result.get('base_figures', 0):,}",
            f"{result.get('upload_s')}", f"{result.get('indexed_s')}", f"{s}", f"< {TARGET_S:g} s",
-           verdict(None if s is None else s < TARGET_S), str(job.get("state", "-"))]
-    header = ["upload", "upload s", "in live index s", "found by search s", "target", "met?", "job"]
-    return [("Freshness: POST /api/articles (tiny encoder) until an image query finds a new figure", header, [row])]
+           verdict(None if s is None else s < TARGET_S), f"{result.get('complete_s')}",
+           ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) or "-", str(job.get("state", "-"))]
+    header = ["upload", "upload s", "in live image index s", "found by search s", "target", "met?",
+              "all indexes s (job done)", "job stages s", "job"]
+    cap = ("Freshness: POST /api/articles (tiny encoder) until an image query finds a new figure; the job "
+           "publishes the image vectors first, then the caption vectors and the caption channel")
+    return [(cap, header, [row])]

@@ -90,21 +90,38 @@ def _missing(model_id: str, kind: str) -> ColumnElement[bool]:
     )
 
 
-def _pending_clause(model_id: str, rank: int, world_size: int) -> ColumnElement[bool]:
-    need_image = and_(Figure.image_path.is_not(None), _missing(model_id, "image"))
-    need_caption = and_(Figure.caption != "", _missing(model_id, "caption"))
-    clause = or_(need_image, need_caption)
+def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, not {tuple(kinds)}")
+    return tuple(kinds)
+
+
+def _pending_clause(
+    model_id: str, rank: int, world_size: int, kinds: Sequence[str] = KINDS
+) -> ColumnElement[bool]:
+    needs = []
+    if "image" in kinds:
+        needs.append(and_(Figure.image_path.is_not(None), _missing(model_id, "image")))
+    if "caption" in kinds:
+        needs.append(and_(Figure.caption != "", _missing(model_id, "caption")))
+    clause = or_(*needs)
     if world_size > 1:
         clause = and_(clause, Figure.id % world_size == rank)
     return clause
 
 
 def count_pending(
-    session_factory: sessionmaker[Session], model_id: str, *, rank: int = 0, world_size: int = 1
+    session_factory: sessionmaker[Session],
+    model_id: str,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    kinds: Sequence[str] = KINDS,
 ) -> int:
-    """How many figures still lack an image or caption vector for ``model_id`` (in this shard)."""
+    """How many figures still lack a vector of ``kinds`` (image, caption) for ``model_id`` (in this shard)."""
     with session_factory() as session:
-        stmt = select(func.count(Figure.id)).where(_pending_clause(model_id, rank, world_size))
+        stmt = select(func.count(Figure.id)).where(_pending_clause(model_id, rank, world_size, _check_kinds(kinds)))
         return int(session.scalar(stmt) or 0)
 
 
@@ -118,11 +135,16 @@ class _Row:
 
 
 def _pending_batches(
-    session_factory: sessionmaker[Session], model_id: str, batch_size: int, rank: int, world_size: int
+    session_factory: sessionmaker[Session],
+    model_id: str,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    kinds: Sequence[str] = KINDS,
 ) -> Iterator[list[_Row]]:
-    """Batches of figures needing work, in figure-id order (keyset pagination)."""
+    """Batches of figures needing work of ``kinds``, in figure-id order (keyset pagination)."""
     cursor = 0
-    clause = _pending_clause(model_id, rank, world_size)
+    clause = _pending_clause(model_id, rank, world_size, kinds)
     while True:
         with session_factory() as session:
             rows = session.execute(
@@ -146,8 +168,8 @@ def _pending_batches(
                 r.id,
                 r.image_path,
                 r.caption or "",
-                r.image_path is not None and (r.id, "image") not in done,
-                bool(r.caption) and (r.id, "caption") not in done,
+                "image" in kinds and r.image_path is not None and (r.id, "image") not in done,
+                "caption" in kinds and bool(r.caption) and (r.id, "caption") not in done,
             )
             for r in rows
         ]
@@ -212,15 +234,19 @@ def embed_pending(
     limit: int | None = None,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    kinds: Sequence[str] = KINDS,
 ) -> EmbedReport:
     """Encode and store every missing image / caption vector of ``encoder.model_id``.
 
     Inputs: the catalogue's session factory, an encoder (``model_id``, ``dim``, ``encode_images``,
     ``encode_texts``), the data home that ``Figure.image_path`` is relative to, the figures per
     batch, image-loading threads, this process's shard (``rank`` of ``world_size``), an optional
-    cap on figures, and ``on_batch`` (called with the running figure count after each commit).
+    cap on figures, ``on_batch`` (called with the running figure count after each commit) and
+    ``kinds``: which vectors to make (both by default; the re-index job makes the image vectors,
+    publishes them, then the caption vectors, so new figures are searchable sooner).
     Returns an :class:`EmbedReport`; unreadable images are listed there and retried next run.
     """
+    kinds = _check_kinds(kinds)
     if batch_size < 1 or workers < 1:
         raise ValueError("batch_size and workers must be at least 1")
     if world_size < 1 or not 0 <= rank < world_size:
@@ -228,14 +254,14 @@ def embed_pending(
     data_home = Path(data_home).resolve()
     model_id, dim = encoder.model_id, int(encoder.dim)
     report = EmbedReport(model_id=model_id)
-    total = count_pending(session_factory, model_id, rank=rank, world_size=world_size)
+    total = count_pending(session_factory, model_id, rank=rank, world_size=world_size, kinds=kinds)
     if limit is not None:
         total = min(total, limit)
     start = time.perf_counter()
     bar = tqdm(total=total, unit="fig", desc=f"embed {model_id}", disable=not progress, leave=False)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed-load")
     try:
-        batches = _pending_batches(session_factory, model_id, batch_size, rank, world_size)
+        batches = _pending_batches(session_factory, model_id, batch_size, rank, world_size, kinds)
         prefetched = _prefetch(batches, pool, data_home)
         for rows, loads in prefetched:
             if limit is not None and report.figures >= limit:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ class Encoder:
         autocast: the dtype both towers run in under autocast, or None (float32): with ``auto``,
             fp16 on a GPU, bf16 on a CPU with native bf16, else None.
 
-    Outputs are float32 either way.
+    Outputs are float32 either way. An encoder may be called from several threads at once (the
+    service's queries and its re-index worker share one): the forward passes run side by side and
+    only tokenization is serialised.
     """
 
     def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, *, model_id: str,
@@ -73,9 +76,17 @@ class Encoder:
         self._hf_text = hasattr(getattr(model, "text", None), "transformer") and hasattr(
             getattr(model, "text", None), "pooler")
         self.pad_id = int(getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", 0) or 0)
+        self._tokenizer_lock = threading.Lock()
         with torch.inference_mode():
-            probe = self._text_features(self.tokenizer(["a"]))
+            probe = self._text_features(self._tokenize(["a"]))
         self.dim = int(probe.shape[1])
+
+    def _tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids ``[n, context]``; one thread at a time (a Hugging Face fast tokenizer is not
+        safe to share between threads, while the forward passes are)."""
+        with self._tokenizer_lock:
+            ids: torch.Tensor = self.tokenizer(texts)
+        return ids
 
     def _text_features(self, ids: torch.Tensor) -> torch.Tensor:
         if self._hf_text:
@@ -110,7 +121,7 @@ class Encoder:
         with torch.inference_mode():
             for start in range(0, len(order), max(1, batch_size)):
                 rows = order[start:start + batch_size]
-                feats = self._text_features(self.tokenizer([str(texts[i]) for i in rows]))
+                feats = self._text_features(self._tokenize([str(texts[i]) for i in rows]))
                 out[np.asarray(rows)] = feats.cpu().numpy()
         return out
 
@@ -118,7 +129,7 @@ class Encoder:
         """Encode texts padded to the full context length, at the encoder's precision (the reference
         path that shows padding to the longest text in a batch changes nothing)."""
         with torch.inference_mode():
-            ids = self.tokenizer([str(t) for t in texts]).to(self.device)
+            ids = self._tokenize([str(t) for t in texts]).to(self.device)
             with autocast(self.device, self.autocast):
                 feats = self.model.encode_text(ids)
             return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()

@@ -14,6 +14,7 @@ at the precision :mod:`training.precision` picks (bf16 autocast on a CPU with na
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class SentenceEncoder:
         self.model_id = model_id
         self.device = device
         self.dim = int(model.config.hidden_size)
+        self._tokenizer_lock = threading.Lock()  # fast tokenizers are not thread-safe; forward passes are
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """float32 [n, dim], L2-normalised embeddings of ``texts`` (mean pooling, masked), in order.
@@ -61,9 +63,10 @@ class SentenceEncoder:
         with torch.inference_mode():
             for start in range(0, len(order), max(1, batch_size)):
                 batch = [str(texts[i]) for i in order[start : start + batch_size]]
-                enc = self.tokenizer(  # type: ignore[operator]
-                    batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-                ).to(self.device)
+                with self._tokenizer_lock:
+                    enc = self.tokenizer(  # type: ignore[operator]
+                        batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+                    ).to(self.device)
                 with autocast(self.device, self.autocast):
                     hidden = self.model(**enc).last_hidden_state.float()
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)

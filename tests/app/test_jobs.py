@@ -99,8 +99,14 @@ def test_worker_resumes_a_job_its_dead_predecessor_left_running(
     assert claim_next(factory, "crashed-worker") is not None  # ... and it never heartbeats again
 
     encoder = load_encoder(f"local-dir:{tiny_model_dir}", device="cpu")
-    published: list[bool] = []
-    worker = Worker(settings, factory, lambda: encoder, on_published=lambda: published.append(True))
+    published: list[tuple[int, int]] = []  # (image, caption) vectors live at each publication
+
+    def on_published() -> None:
+        live = LiveIndexes(settings.index_dir, encoder.model_id)
+        live.refresh()
+        published.append((live.ntotal("image"), live.ntotal("caption")))
+
+    worker = Worker(settings, factory, lambda: encoder, on_published=on_published)
     import time
 
     time.sleep(0.6)
@@ -114,7 +120,10 @@ def test_worker_resumes_a_job_its_dead_predecessor_left_running(
         n_figs = len(s.scalars(select(Figure.id)).all())
         assert job.counts["figures"] == n_figs and job.counts["caption_vectors"] == n_figs
         assert job.counts["image_vectors"] == job.counts["images"] > 0
-    assert published == [True]
+    # the image vectors are published first (the new figures are searchable), then the captions
+    n_images = job.counts["images"]
+    assert published == [(n_images, 0), (n_images, n_figs)]
+    assert {"ingest", "embed", "publish", "captions", "publish_captions"} <= set(job.counts["seconds"])
     assert not upload.parent.exists() and not zipped.parent.exists()  # uploads cleaned after success
     live = LiveIndexes(settings.index_dir, encoder.model_id)
     assert live.refresh() and live.ntotal("caption") == n_figs

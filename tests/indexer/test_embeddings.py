@@ -202,3 +202,24 @@ def test_real_tiny_encoder_embeds_indexes_and_finds_its_own_figures(
     image = Image.open(home / paths[3])
     _, found = live.search("image", encoder.encode_images([image]), 1)
     assert found[0, 0] == fids[3]
+
+
+def test_image_vectors_first_then_captions(db_url: str, tmp_path: Path) -> None:
+    """``kinds`` splits a run: the re-index job makes (and publishes) the image vectors before the captions."""
+    factory = factory_for(db_url)
+    home = tmp_path / "home"
+    paths: list[str | None] = [*make_images(home, 6), None]
+    fids = add_figures(factory, len(paths), image_paths=paths)
+    enc = FakeEncoder()
+    assert count_pending(factory, enc.model_id, kinds=("image",)) == 6
+    first = embed_pending(factory, enc, home, batch_size=4, progress=False, kinds=("image",))
+    assert (first.figures, first.images, first.captions) == (6, 6, 0)
+    assert read_vectors(factory, enc.model_id, "caption").figure_ids.tolist() == []
+    assert count_pending(factory, enc.model_id, kinds=("image",)) == 0
+    assert count_pending(factory, enc.model_id, kinds=("caption",)) == 7 == count_pending(factory, enc.model_id)
+    second = embed_pending(factory, enc, home, batch_size=4, progress=False, kinds=("caption",))
+    assert (second.figures, second.images, second.captions) == (7, 0, 7)
+    assert read_vectors(factory, enc.model_id, "caption").figure_ids.tolist() == fids
+    assert count_pending(factory, enc.model_id) == 0
+    with pytest.raises(ValueError, match="kinds must be"):
+        embed_pending(factory, enc, home, progress=False, kinds=("pixels",))

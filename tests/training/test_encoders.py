@@ -127,3 +127,22 @@ def test_precision_choices_and_the_process_default() -> None:
         assert precision.default_precision() == "auto"
     finally:
         precision.set_default_precision(before)
+
+
+def test_one_encoder_serves_several_threads_at_once(tiny_model_dir: Path, shared_data: Path) -> None:
+    """The service's queries and its re-index worker call one encoder concurrently: the results are
+    those of one thread alone (only tokenization is serialised)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = load_encoder(str(tiny_model_dir), device="cpu", precision="fp32")
+    images = _images(shared_data)
+    want_txt, want_img = enc.encode_texts(TEXTS), enc.encode_images(images)
+
+    def work(i: int) -> tuple[np.ndarray, np.ndarray]:
+        return enc.encode_texts(TEXTS[i % 3:] + TEXTS[: i % 3]), enc.encode_images(images)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(12)))
+    for i, (txt, img) in enumerate(results):
+        np.testing.assert_allclose(txt, np.roll(want_txt, -(i % 3), axis=0), atol=1e-5)
+        np.testing.assert_allclose(img, want_img, atol=1e-5)
