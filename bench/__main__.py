@@ -55,8 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data",
                     help="ingestion: the shared data folder (jats/packages, medpix/train.jsonl)")
     ap.add_argument("--threads", type=int, default=2, help="threads for building (queries are timed on 1)")
-    ap.add_argument("--profile-misses", action="store_true",
-                    help="service: record a pyinstrument profile of the slowest path into the results folder")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--no-readme", action="store_true", help="do not refresh the README section")
