@@ -16,7 +16,9 @@ exposes it at ``GET /metrics``:
 Every :func:`timed` block inside a request also adds its time to that request's phase totals
 (:data:`REQUEST_PHASES`, set by :class:`app.middleware.RouteMetrics`), which the response carries in
 a ``Server-Timing`` header (``encode``, ``index_search``, ``db`` and ``app``, the whole handling, in
-ms), so a client can split its latency without scraping ``/metrics``.
+ms), so a client can split its latency without scraping ``/metrics``. When a hybrid query runs its
+channels side by side, the header carries the phases of the slowest channel (the request waited
+for that one), not the sum over channels.
 """
 
 from __future__ import annotations

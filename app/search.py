@@ -46,7 +46,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from app.config import Settings
-from app.metrics import Metrics, timed
+from app.metrics import REQUEST_PHASES, Metrics, timed
 from app.middleware import ApiError
 from app.ranking import CHANNELS, ChannelHit, ChannelSearch, FusedHit, FusionWeights, dense_channel, fuse
 from indexer.catalogue import Article, Embedding, Figure
@@ -494,8 +494,28 @@ class SearchService:
             with self._load_lock:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(max_workers=2 * len(CHANNELS), thread_name_prefix="channel")
-        futures = {name: self._pool.submit(channel, query, depth) for name, channel in channels.items()}
-        return {name: future.result() for name, future in futures.items()}
+
+        def run(channel: ChannelSearch) -> tuple[list[ChannelHit], dict[str, float]]:
+            phases: dict[str, float] = {}  # this channel's encode / index_search seconds
+            token = REQUEST_PHASES.set(phases)
+            try:
+                return channel(query, depth), phases
+            finally:
+                REQUEST_PHASES.reset(token)
+
+        futures = {name: self._pool.submit(run, channel) for name, channel in channels.items()}
+        results: dict[str, list[ChannelHit]] = {}
+        slowest: dict[str, float] = {}
+        for name, future in futures.items():
+            results[name], phases = future.result()
+            if sum(phases.values()) > sum(slowest.values()):
+                slowest = phases
+        # the request waited for the slowest channel: its phases are the request's (Server-Timing)
+        request = REQUEST_PHASES.get()
+        if request is not None:
+            for phase, secs in slowest.items():
+                request[phase] = request.get(phase, 0.0) + secs
+        return results
 
     def close(self) -> None:
         """Stop the channel threads (at shutdown; a later hybrid query would start them again)."""
