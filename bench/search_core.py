@@ -9,6 +9,8 @@ For each size ``n`` (dim 512, :mod:`bench.synthetic` data, queries drawn near in
   benchmark queries reaches the target (the same sweep every alternative gets).
 - **hnswlib** (M=16, ef_construction=100, as chromadb) and **chromadb** (its HNSW, ``space=ip``): ``ef`` swept
   up to the smallest value whose Recall@10 on the benchmark queries reaches the target.
+- **faiss HNSW16_SQ8** (``faiss-hnsw``): FAISS's own HNSW graph over 8-bit codes, swept the same way:
+  the measured candidate for an HNSW shape of our index (the indexer does not build it yet).
 
 Every latency is measured one query at a time on one thread (``faiss.omp_set_num_threads(1)``,
 ``hnswlib.set_num_threads(1)``; chromadb's query path) over ``--latency-queries`` queries: queries/s
@@ -211,6 +213,42 @@ def bench_hnswlib(
     return row
 
 
+def bench_faiss_hnsw(
+    n: int, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, lat_q: int, threads: int
+) -> Row:
+    """FAISS's own HNSW over 8-bit scalar-quantised vectors (``HNSW16_SQ8``, efConstruction 100 as
+    hnswlib here), efSearch swept to the target: the candidate for an HNSW shape of our index (not
+    yet what the indexer builds: FAISS's HNSW cannot delete in place)."""
+    rss0 = rss_bytes()
+    t = time.perf_counter()
+    faiss.omp_set_num_threads(threads)
+    index = faiss.index_factory(xb.shape[1], f"HNSW{HNSW_M}_SQ8", faiss.METRIC_INNER_PRODUCT)
+    hnsw = faiss.downcast_index(index).hnsw
+    hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    rng = np.random.default_rng(1234)
+    index.train(xb if n <= 100_000 else xb[np.sort(rng.choice(n, 100_000, replace=False))])
+    index.add(xb)
+    build = time.perf_counter() - t
+    rss = rss_bytes() - rss0
+
+    def evaluate(ef: int) -> float:
+        hnsw.efSearch = max(ef, K)
+        _, found = index.search(xq, K)
+        return recall_at(found.astype(np.int64), truth)
+
+    ef, recall, curve = _sweep(evaluate, EF_SWEEP)
+    hnsw.efSearch = max(ef, K)
+    faiss.omp_set_num_threads(1)
+    lat = single_query_latency(lambda q: index.search(q, K), xq[:lat_q])
+    faiss.omp_set_num_threads(threads)
+    row = Row(n, f"faiss HNSW{HNSW_M}_SQ8 (candidate)", f"M={HNSW_M} efC={HNSW_EF_CONSTRUCTION} efSearch={ef}", build,
+              recall, lat["qps"], lat["p50_ms"], lat["p99_ms"], _file_mb(index), rss / 1e6,
+              notes="not the indexer's index yet: FAISS HNSW has no in-place delete",
+              extra={"ef_curve": {str(k): round(v, 4) for k, v in curve.items()}})
+    gc.collect()
+    return row
+
+
 def bench_chroma(
     n: int, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, lat_q: int, threads: int
 ) -> Row | None:
@@ -275,6 +313,7 @@ def run(
     latency_queries: int = 1000,
     threads: int = 2,
     alternatives: tuple[str, ...] = ("hnswlib", "chromadb"),
+    chroma_max: int = 10_000_000,
     spec: MixtureSpec | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -304,7 +343,10 @@ def run(
             if row_h is not None:
                 rows.append(row_h)
                 log(f"  {_line(row_h)}")
-        if "chromadb" in alternatives:
+        if "faiss-hnsw" in alternatives:
+            rows.append(bench_faiss_hnsw(n, xb, xq, truth, latency_queries, threads))
+            log(f"  {_line(rows[-1])}")
+        if "chromadb" in alternatives and n <= chroma_max:
             row_c = bench_chroma(n, xb, xq, truth, min(latency_queries, 500), threads)
             if row_c is not None:
                 rows.append(row_c)
@@ -374,6 +416,7 @@ def run_stage(args: Any, log: Callable[..., None] = print) -> dict[str, Any]:
         latency_queries=200 if args.quick else 1000,
         threads=args.threads,
         alternatives=alternatives,
+        chroma_max=args.chroma_max,
         spec=PROFILES[args.profile],
         log=log,
     )
