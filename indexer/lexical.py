@@ -14,8 +14,16 @@ migration ``0002`` (so every ingest, replace and delete updates it, whatever cod
 
 User text never reaches FTS syntax: :func:`query_terms` keeps letters and digits only, and each
 term is quoted (FTS5) or passed as a bound parameter (PostgreSQL); the SQL strings assembled here
-are made of constant fragments and parameter names only (hence the ``noqa: S608``). Terms are OR-ed: a figure
-matching more (and rarer) terms ranks higher.
+are made of constant fragments and parameter names only (hence the ``noqa: S608``).
+
+Ranking: figures that contain **every** query term come first, by their BM25 score, then those
+that contain some of them, by theirs (the "all words first" rule of web search engines). On SQLite
+this is also what makes the channel fast: the all-terms query intersects posting lists (0.9 ms
+median over 100k captions) where the any-term query scores every figure that has a common word like
+"ct" (22 ms); the any-term query only runs when fewer than ``k`` figures contain every term. On
+PostgreSQL both tiers come from the one any-term query. On the relevance query sets (lexical mode,
+a catalogue of the JATS articles and the MedPix val cases) nDCG@10 went from 0.974 to 0.991 (JATS
+caption titles) and stayed at 0.399 (MedPix diagnoses) with this rule.
 """
 
 from __future__ import annotations
@@ -84,9 +92,10 @@ def query_terms(query: str) -> list[str]:
     return list(seen)[:MAX_TERMS]
 
 
-def fts5_query(terms: Sequence[str]) -> str:
-    """An FTS5 MATCH expression OR-ing the quoted ``terms`` (which :func:`query_terms` made safe)."""
-    return " OR ".join('"' + t.replace('"', "") + '"' for t in terms)
+def fts5_query(terms: Sequence[str], *, all_terms: bool = False) -> str:
+    """An FTS5 MATCH expression of the quoted ``terms`` (which :func:`query_terms` made safe): OR-ed,
+    or AND-ed with ``all_terms``."""
+    return (" AND " if all_terms else " OR ").join('"' + t.replace('"', "") + '"' for t in terms)
 
 
 def _filter_sql(filters: LexicalFilters | None, fid: str, params: dict[str, Any]) -> str:
@@ -182,7 +191,17 @@ def _marked_words(highlighted: str | None) -> tuple[str, ...]:
 
 
 def _rank_sqlite(session: Session, terms: list[str], k: int, filters: LexicalFilters | None) -> list[tuple[int, float]]:
-    params: dict[str, Any] = {"q": fts5_query(terms), "k": k}
+    """All-terms matches by BM25, then (only when they are fewer than ``k``) any-term matches."""
+    full = _bm25_sqlite(session, fts5_query(terms, all_terms=True), k, filters) if len(terms) > 1 else []
+    if len(full) >= k:
+        return full
+    seen = {fid for fid, _ in full}
+    some = _bm25_sqlite(session, fts5_query(terms), k + len(full), filters)
+    return full + [hit for hit in some if hit[0] not in seen][: k - len(full)]
+
+
+def _bm25_sqlite(session: Session, match: str, k: int, filters: LexicalFilters | None) -> list[tuple[int, float]]:
+    params: dict[str, Any] = {"q": match, "k": k}
     weights = ", ".join(str(FIELD_WEIGHTS[f]) for f in FIELDS)
     sql = (
         f"SELECT rowid, bm25(figure_fts, {weights}) AS r FROM figure_fts WHERE figure_fts MATCH :q"  # noqa: S608
@@ -237,7 +256,11 @@ def _rank_postgres(
     score = " + ".join(
         f"{idf[i]!r} * ts_rank(CAST(:w AS real[]), document, {q}, 1)" for i, q in enumerate(tq) if row[i + 1]
     )
-    sql = f"SELECT figure_id, {score} AS s FROM figure_lexical WHERE {where} ORDER BY s DESC, figure_id LIMIT :k"  # noqa: S608
+    every = "(document @@ (" + " && ".join(tq) + "))"  # all terms first, as on SQLite
+    sql = (
+        f"SELECT figure_id, {score} AS s FROM figure_lexical WHERE {where} "  # noqa: S608
+        f"ORDER BY {every} DESC, s DESC, figure_id LIMIT :k"
+    )
     return [(int(fid), float(s)) for fid, s in session.execute(text(sql), params)]
 
 

@@ -137,3 +137,23 @@ def test_rebuild_restores_a_cleared_index(db_url: str, xml_only: list[Path], tmp
         assert rebuild_lexical(session) == expected
     with factory() as session:
         assert lexical_count(session) == expected
+
+
+def test_figures_with_every_term_rank_first(db_url: str, xml_only: list[Path], tmp_path: Path) -> None:
+    """All words first: a figure with both query words outranks one that repeats the rarer word;
+    figures with some of the words follow, and ``k`` bounds the whole list."""
+    factory = _factory(db_url)
+    _ingest(xml_only, factory, tmp_path)
+    with session_scope(factory) as session:
+        ids = session.scalars(select(Figure.id).order_by(Figure.id).limit(4)).all()
+        captions = ["quagga quagga quagga quagga", "Section of a quagga wombat hybrid with many other words around",
+                    "wombat", "quagga wombat"]
+        for fid, caption in zip(ids, captions, strict=True):
+            session.execute(update(Figure).where(Figure.id == fid).values(caption=caption))
+    with factory() as session:
+        hits = search_lexical(session, "wombat quagga", 10)
+        order = [h.figure_id for h in hits]
+        assert set(order[:2]) == {ids[1], ids[3]} and set(order[2:]) == {ids[0], ids[2]}
+        assert [h.score for h in hits[:2]] == sorted((h.score for h in hits[:2]), reverse=True)  # BM25 within
+        assert [h.figure_id for h in search_lexical(session, "wombat quagga", 3)] == order[:3]
+        assert [h.figure_id for h in search_lexical(session, "wombat quagga", 1)] == order[:1]
