@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         50_000, ge=1, description="Up to this many vectors the index is exact (flat inner product)."
     )
     recall_target: float = Field(0.95, gt=0, le=1, description="Recall@10 vs exact for ANN tuning.")
+    index_structure: Literal["ivf", "hnsw"] = Field(
+        "ivf",
+        description="Approximate index above `exact_index_max`: `ivf` (IVF + 8-bit codes; deletes in place) or "
+        "`hnsw` (HNSW graph + 8-bit codes: faster single queries at the same recall, CPU only; a version "
+        "that must delete vectors is rebuilt).",
+    )
     retrain_growth: float = Field(
         2.0, gt=1, description="Retrain an approximate index once it grew by this factor."
     )
@@ -202,13 +208,15 @@ class Settings(BaseSettings):
         )
 
     def index_options(self, *, rebuild: bool = False) -> IndexOptions:
-        """The index-building options (exact/approximate threshold, recall target, retrain growth)."""
+        """The index-building options (exact/approximate threshold and structure, recall target, retrain growth)."""
         from indexer.index_update import IndexOptions
+        from indexer.vector_index import AnnSpec
 
         return IndexOptions(
             exact_index_max=self.exact_index_max,
             recall_target=self.recall_target,
             retrain_growth=self.retrain_growth,
+            ann=AnnSpec(structure=self.index_structure),
             rebuild=rebuild,
         )
 

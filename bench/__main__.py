@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--stage", default="all", help=f"comma-separated, from {', '.join(STAGES)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="small sizes: a check that everything runs")
     ap.add_argument("--sizes", default=None, help="search stage: vector counts (default 100000,1000000)")
-    ap.add_argument("--alternatives", default="hnswlib,chromadb,faiss-hnsw",
-                    help="search stage: comma-separated from hnswlib, chromadb, faiss-hnsw; '' to skip them")
+    ap.add_argument("--alternatives", default="hnswlib,chromadb",
+                    help="search stage: comma-separated from hnswlib, chromadb; '' to skip them")
     ap.add_argument("--chroma-max", type=int, default=10_000_000,
                     help="search stage: run chromadb only up to this many vectors (its 1M build takes long)")
     ap.add_argument("--profile", default="realistic", choices=("realistic", "hard"),

@@ -9,8 +9,8 @@ For each size ``n`` (dim 512, :mod:`bench.synthetic` data, queries drawn near in
   benchmark queries reaches the target (the same sweep every alternative gets).
 - **hnswlib** (M=16, ef_construction=100, as chromadb) and **chromadb** (its HNSW, ``space=ip``): ``ef`` swept
   up to the smallest value whose Recall@10 on the benchmark queries reaches the target.
-- **faiss HNSW16_SQ8** (``faiss-hnsw``): FAISS's own HNSW graph over 8-bit codes, swept the same way:
-  the measured candidate for an HNSW shape of our index (the indexer does not build it yet).
+- **ours, HNSW** (``BIOMEDSEARCH_INDEX_STRUCTURE=hnsw``): ``IDMap2,HNSW16_SQ8`` (FAISS's HNSW graph
+  over 8-bit codes, efConstruction 100 as hnswlib), efSearch tuned and swept like nprobe.
 
 Every latency is measured one query at a time on one thread (``faiss.omp_set_num_threads(1)``,
 ``hnswlib.set_num_threads(1)``; chromadb's query path) over ``--latency-queries`` queries: queries/s
@@ -127,14 +127,16 @@ def bench_exact(n: int, xb: np.ndarray, ids: np.ndarray, xq: np.ndarray, truth: 
 
 
 def bench_ours(
-    n: int, xb: np.ndarray, ids: np.ndarray, xq: np.ndarray, truth: np.ndarray, lat_q: int, threads: int
+    n: int, xb: np.ndarray, ids: np.ndarray, xq: np.ndarray, truth: np.ndarray, lat_q: int, threads: int,
+    structure: str = "ivf",
 ) -> list[Row]:
-    """The approximate index as the indexer builds it: train, add, tune nprobe on held-out vectors."""
+    """The approximate index as the indexer builds it (``structure``: ``ivf``, the default, or ``hnsw``,
+    ``BIOMEDSEARCH_INDEX_STRUCTURE=hnsw``): train, add, tune the search effort on held-out vectors."""
     rss0 = rss_bytes()
     t = time.perf_counter()
     faiss.omp_set_num_threads(threads)
-    spec = AnnSpec()
-    vi = VectorIndex.train_ivf(xb, spec)
+    spec = AnnSpec(structure=structure, ef_construction=HNSW_EF_CONSTRUCTION, hnsw_m=HNSW_M)
+    vi = VectorIndex.train_ann(xb, spec)
     vi.add(ids, xb)
     # the indexer's tuning protocol (index_update._tune): 500 held-out indexed vectors, own id excluded
     rng = np.random.default_rng(spec.seed + 1)
@@ -143,7 +145,8 @@ def bench_ours(
     choice = tune_nprobe(vi, [(own, exact_neighbours(xb, ids, own, K, exclude), exclude)], k=K, target=TARGET)
     build = time.perf_counter() - t
     rss = rss_bytes() - rss0
-    nlist = int(vi.params["nlist"])
+    knob = "efSearch" if structure == "hnsw" else "nprobe"
+    values = EF_SWEEP if structure == "hnsw" else _nprobe_values(int(vi.params["nlist"]))
     mb = _file_mb(vi.index)
 
     def evaluate(nprobe: int) -> float:
@@ -152,7 +155,7 @@ def bench_ours(
         return recall_at(ids_to_pos(found), truth)
 
     auto_recall = evaluate(choice.nprobe)
-    swept, swept_recall, curve = _sweep(evaluate, _nprobe_values(nlist))
+    swept, swept_recall, curve = _sweep(evaluate, values)
     rows = []
     factory = vi.params["factory"]
     for label, nprobe, recall in (("auto-tuned", choice.nprobe, auto_recall), ("swept", swept, swept_recall)):
@@ -164,9 +167,9 @@ def bench_ours(
         lat = single_query_latency(lambda q: vi.search(q, K), xq[:lat_q])
         faiss.omp_set_num_threads(threads)
         rows.append(
-            Row(n, f"ours: {factory} ({label})", f"nprobe={nprobe}", build, recall, lat["qps"], lat["p50_ms"],
+            Row(n, f"ours: {factory} ({label})", f"{knob}={nprobe}", build, recall, lat["qps"], lat["p50_ms"],
                 lat["p99_ms"], mb, rss / 1e6,
-                notes=f"tuned on held-out vectors: nprobe={choice.nprobe} (R@10 {choice.recall:.3f})",
+                notes=f"tuned on held-out vectors: {knob}={choice.nprobe} (R@10 {choice.recall:.3f})",
                 extra={"nprobe_curve": {str(k): round(v, 4) for k, v in curve.items()}}))
     gc.collect()
     return rows
@@ -208,42 +211,6 @@ def bench_hnswlib(
         mb = path.stat().st_size / 1e6
     row = Row(n, "hnswlib", f"M={HNSW_M} efC={HNSW_EF_CONSTRUCTION} ef={ef}", build, recall, lat["qps"],
               lat["p50_ms"], lat["p99_ms"], mb, rss / 1e6,
-              extra={"ef_curve": {str(k): round(v, 4) for k, v in curve.items()}})
-    gc.collect()
-    return row
-
-
-def bench_faiss_hnsw(
-    n: int, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, lat_q: int, threads: int
-) -> Row:
-    """FAISS's own HNSW over 8-bit scalar-quantised vectors (``HNSW16_SQ8``, efConstruction 100 as
-    hnswlib here), efSearch swept to the target: the candidate for an HNSW shape of our index (not
-    yet what the indexer builds: FAISS's HNSW cannot delete in place)."""
-    rss0 = rss_bytes()
-    t = time.perf_counter()
-    faiss.omp_set_num_threads(threads)
-    index = faiss.index_factory(xb.shape[1], f"HNSW{HNSW_M}_SQ8", faiss.METRIC_INNER_PRODUCT)
-    hnsw = faiss.downcast_index(index).hnsw
-    hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    rng = np.random.default_rng(1234)
-    index.train(xb if n <= 100_000 else xb[np.sort(rng.choice(n, 100_000, replace=False))])
-    index.add(xb)
-    build = time.perf_counter() - t
-    rss = rss_bytes() - rss0
-
-    def evaluate(ef: int) -> float:
-        hnsw.efSearch = max(ef, K)
-        _, found = index.search(xq, K)
-        return recall_at(found.astype(np.int64), truth)
-
-    ef, recall, curve = _sweep(evaluate, EF_SWEEP)
-    hnsw.efSearch = max(ef, K)
-    faiss.omp_set_num_threads(1)
-    lat = single_query_latency(lambda q: index.search(q, K), xq[:lat_q])
-    faiss.omp_set_num_threads(threads)
-    row = Row(n, f"faiss HNSW{HNSW_M}_SQ8 (candidate)", f"M={HNSW_M} efC={HNSW_EF_CONSTRUCTION} efSearch={ef}", build,
-              recall, lat["qps"], lat["p50_ms"], lat["p99_ms"], _file_mb(index), rss / 1e6,
-              notes="not the indexer's index yet: FAISS HNSW has no in-place delete",
               extra={"ef_curve": {str(k): round(v, 4) for k, v in curve.items()}})
     gc.collect()
     return row
@@ -314,6 +281,7 @@ def run(
     threads: int = 2,
     alternatives: tuple[str, ...] = ("hnswlib", "chromadb"),
     chroma_max: int = 10_000_000,
+    structures: tuple[str, ...] = ("ivf", "hnsw"),
     spec: MixtureSpec | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -334,18 +302,16 @@ def run(
         lat_exact = min(latency_queries, max(50, 50_000_000 // n))  # exact is slow: fewer queries at 1M
         rows.append(bench_exact(n, xb, ids, xq, truth, lat_exact))
         log(f"  {_line(rows[-1])}")
-        for row in bench_ours(n, xb, ids, xq, truth, latency_queries, threads):
-            rows.append(row)
-            log(f"  {_line(row)}")
+        for structure in structures:
+            for row in bench_ours(n, xb, ids, xq, truth, latency_queries, threads, structure):
+                rows.append(row)
+                log(f"  {_line(row)}")
         if "hnswlib" in alternatives:
             faiss.omp_set_num_threads(threads)
             row_h = bench_hnswlib(n, xb, xq, truth, latency_queries, threads)
             if row_h is not None:
                 rows.append(row_h)
                 log(f"  {_line(row_h)}")
-        if "faiss-hnsw" in alternatives:
-            rows.append(bench_faiss_hnsw(n, xb, xq, truth, latency_queries, threads))
-            log(f"  {_line(rows[-1])}")
         if "chromadb" in alternatives and n <= chroma_max:
             row_c = bench_chroma(n, xb, xq, truth, min(latency_queries, 500), threads)
             if row_c is not None:
@@ -380,7 +346,9 @@ def tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
         others = {r["index"]: r["qps"] for r in at if r["index"] in ("hnswlib", "chromadb") and r["recall"] >= TARGET}
         qps = best["qps"] if best else 0.0
         ahead = all(qps > v for v in others.values()) if others else None
-        mine = fmt(qps) + " q/s" if best else "none at target"
+        mine = "none at target"
+        if best:
+            mine = f"{fmt(qps)} q/s ({best['index'].removeprefix('ours: ')}, {best['params']})"
         checks.append([fmt(size), f">= 1,000 q/s at R@10 >= {TARGET}", mine,
                        verdict(qps >= 1000) if size >= 1_000_000 else f"({verdict(qps >= 1000)})",
                        ", ".join(f"{k} {fmt(v)}" for k, v in others.items()) if others else "-",

@@ -4,9 +4,11 @@
 stored since (``id > max_embedding_id``), re-adds any stored vector the index lacks, removes
 figures that no longer have a vector, and publishes the result as a new version. It rebuilds from
 the stored vectors only when it must, and says why: the first build, crossing
-``exact_index_max`` (exact -> IVF, or back below ``exact_index_max / retrain_growth``), an IVF index
-that grew or shrank by ``retrain_growth`` since it was trained, or ``rebuild=True``. Each IVF
-(re)build measures Recall@k against exact search and sets nprobe from the recall target.
+``exact_index_max`` (exact -> approximate, or back below ``exact_index_max / retrain_growth``), an
+approximate index that grew or shrank by ``retrain_growth`` since it was trained, a change of the
+configured structure (IVF / HNSW), an HNSW index that would have to delete vectors (it cannot in
+place), or ``rebuild=True``. Each approximate (re)build measures Recall@k against exact search and
+sets its search effort (IVF nprobe, HNSW efSearch) from the recall target.
 
 :func:`check_indexes` compares the published index, the catalogue's record of it and the stored
 embeddings; with ``repair`` it publishes a corrected version.
@@ -30,6 +32,7 @@ from indexer.publish import IndexStore, VersionMeta, file_sha256, ids_digest
 from indexer.vector_index import (
     AnnSpec,
     IndexFileError,
+    NeedsRebuildError,
     NprobeChoice,
     VectorIndex,
     exact_neighbours,
@@ -86,7 +89,8 @@ class KindReport:
         text = f"{self.kind}: v{self.version} {self.shape} {self.ntotal} vectors ({self.action}"
         text += f", +{self.added} -{self.removed})" if self.action != "unchanged" else ")"
         if self.recall is not None:
-            text += f" nprobe={self.nprobe} Recall@10={self.recall:.3f}"
+            knob = "efSearch" if self.shape == "hnsw" else "nprobe"
+            text += f" {knob}={self.nprobe} Recall@10={self.recall:.3f}"
         if self.reason:
             text += f" [{self.reason}]"
         return text
@@ -179,7 +183,11 @@ def _update_kind(
                 )
         else:
             vindex, meta = loaded
-            rep.added, rep.removed = _reconcile(session_factory, store.model_id, kind, vindex, meta, state, bar)
+            try:
+                rep.added, rep.removed = _reconcile(session_factory, store.model_id, kind, vindex, meta, state, bar)
+            except NeedsRebuildError as exc:  # an HNSW graph cannot delete: build the version afresh
+                return _update_kind(session_factory, store, kind, options, progress=progress, on_step=on_step,
+                                    force_rebuild=f"rebuilt: {exc}")
             if not (rep.added or rep.removed) and meta.max_embedding_id == state.max_embedding_id:
                 rep.action = "unchanged"
                 _fill(rep, vindex)
@@ -205,7 +213,7 @@ def _update_kind(
 def _fill(rep: KindReport, vindex: VectorIndex) -> None:
     rep.shape = vindex.shape
     rep.ntotal = vindex.ntotal
-    if vindex.shape == "ivf":
+    if vindex.shape != "exact":
         rep.nprobe = vindex.nprobe
         recall = vindex.params.get("recall")
         rep.recall = float(recall) if recall is not None else None
@@ -225,8 +233,10 @@ def _rebuild_reason(
     if state.dim is not None and state.dim != vindex.dim:
         return f"vector width changed from {vindex.dim} to {state.dim}"
     if vindex.shape == "exact" and n > options.exact_index_max:
-        return f"switched to IVF: {n} vectors > exact_index_max {options.exact_index_max}"
-    if vindex.shape == "ivf":
+        return f"switched to {options.ann.structure.upper()}: {n} vectors > exact_index_max {options.exact_index_max}"
+    if vindex.shape != "exact" and n >= options.exact_index_max / g and vindex.shape != options.ann.structure:
+        return f"switched from {vindex.shape.upper()} to {options.ann.structure.upper()} (configured structure)"
+    if vindex.shape != "exact":
         if n < options.exact_index_max / g:
             return f"switched to exact: {n} vectors < exact_index_max / {g:g}"
         trained = int(vindex.params.get("trained_on", 0)) or 1
@@ -259,7 +269,7 @@ def _build(
         vindex.add(ids, xb)
         return vindex, None
     bar.set_postfix_str("training")
-    vindex = VectorIndex.train_ivf(xb, options.ann)
+    vindex = VectorIndex.train_ann(xb, options.ann)
     bar.set_postfix_str("adding")
     vindex.add(ids, xb)
     bar.set_postfix_str("tuning nprobe")

@@ -1,6 +1,6 @@
 """FAISS indexes over figure vectors, keyed by figure id.
 
-Two shapes, both inner product over L2-normalised float32 vectors (so scores are cosines):
+Three shapes, all inner product over L2-normalised float32 vectors (so scores are cosines):
 
 - **exact**: ``IndexIDMap2(IndexFlatIP)``; every query scans every vector. Used up to
   ``exact_index_max`` vectors.
@@ -8,8 +8,13 @@ Two shapes, both inner product over L2-normalised float32 vectors (so scores are
   a quarter of the memory of flat vectors; ``Flat`` and ``PQ<m>`` are available), trained on a
   sample. ``nprobe`` is chosen by :func:`tune_nprobe` from a recall target: the smallest nprobe
   whose measured Recall@k against exact search on held-out queries reaches the target.
+- **hnsw** (``AnnSpec(structure="hnsw")``): ``IDMap2,HNSW<M>_<codec>``, a FAISS HNSW graph over
+  8-bit codes by default; its search effort ``efSearch`` is tuned like nprobe (the same
+  ``nprobe`` parameter). Faster than IVF for single queries at high recall; FAISS's HNSW cannot
+  delete a vector in place, so :meth:`VectorIndex.remove` (and re-adding a held id) raise
+  :class:`NeedsRebuildError` and the indexer rebuilds the version instead.
 
-Both support adding and removing by figure id without a rebuild. Files load memory-mapped and
+Exact and IVF support adding and removing by figure id without a rebuild. Files load memory-mapped and
 read-only where FAISS allows it (flat codes and IVF lists, ``IO_FLAG_MMAP_IFC``); other types fall
 back to a normal read. On
 hosts with ``faiss-gpu`` and GPUs, :func:`to_gpus` shards a loaded index over all of them.
@@ -29,7 +34,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-IndexShape = Literal["exact", "ivf"]
+IndexShape = Literal["exact", "ivf", "hnsw"]
+STRUCTURES = ("ivf", "hnsw")
+MAX_EF_SEARCH = 4096  # the search-effort ceiling of an HNSW index when tuning
 GPU_MAX_K = 2048  # faiss-gpu's limit on k and nprobe
 
 
@@ -43,6 +50,10 @@ class DimensionMismatchError(VectorIndexError, ValueError):
 
 class IndexFileError(VectorIndexError, OSError):
     """An index file that is missing or that FAISS cannot read."""
+
+
+class NeedsRebuildError(VectorIndexError):
+    """The change asked of an index that cannot make it in place (deleting from an HNSW graph)."""
 
 
 def as_vectors(x: np.ndarray, dim: int | None = None, *, name: str = "vectors") -> np.ndarray:
@@ -99,12 +110,21 @@ class AnnSpec:
     nlist: int | None = None
     train_size: int = 100_000
     seed: int = 1234
+    structure: str = "ivf"
+    hnsw_m: int = 16
+    ef_construction: int = 100
 
     def factory_string(self, n: int) -> str:
-        """The FAISS index_factory string for ``n`` vectors, e.g. ``IVF1024,SQ8``."""
+        """The FAISS index_factory string for ``n`` vectors, e.g. ``IVF1024,SQ8`` or ``IDMap2,HNSW16_SQ8``."""
         codec = self.codec
         if codec != "Flat" and codec != "SQ8" and not (codec.startswith("PQ") and codec[2:].isdigit()):
             raise ValueError(f"unknown IVF codec {codec!r}: use SQ8, Flat or PQ<m>")
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"unknown index structure {self.structure!r}: use {' or '.join(STRUCTURES)}")
+        if self.structure == "hnsw":
+            if not 4 <= self.hnsw_m <= 256:
+                raise ValueError(f"HNSW M must be in [4, 256], got {self.hnsw_m}")
+            return f"IDMap2,HNSW{self.hnsw_m}" + (",Flat" if codec == "Flat" else f"_{codec}")
         nlist = self.nlist or default_nlist(n)
         if codec.startswith("PQ"):
             codec += "np"  # no polysemous training: it only serves Hamming filtering, and is slow
@@ -156,12 +176,36 @@ class VectorIndex:
             {"shape": "ivf", "factory": factory, "nlist": nlist, "nprobe": 1, "trained_on": int(n)},
         )
 
+    @classmethod
+    def train_ann(cls, vectors: np.ndarray, spec: AnnSpec | None = None) -> VectorIndex:
+        """An empty approximate index (``spec.structure``: IVF or HNSW) trained on (a sample of)
+        ``vectors`` [n, dim]; add the vectors after."""
+        spec = spec or AnnSpec()
+        if spec.structure != "hnsw":
+            return cls.train_ivf(vectors, spec)
+        xb = as_vectors(vectors)
+        n, dim = xb.shape
+        factory = spec.factory_string(n)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        vi = cls(index, {"shape": "hnsw", "factory": factory, "hnsw_m": spec.hnsw_m,
+                         "ef_construction": spec.ef_construction, "nprobe": 16, "trained_on": int(n)})
+        hnsw = vi._hnsw()
+        assert hnsw is not None
+        hnsw.hnsw.efConstruction = spec.ef_construction
+        if not index.is_trained:  # the scalar quantiser learns its value ranges
+            rng = np.random.default_rng(spec.seed)
+            index.train(xb if n <= spec.train_size else xb[np.sort(rng.choice(n, spec.train_size, replace=False))])
+        vi.set_nprobe(16)
+        return vi
+
     # --- properties ------------------------------------------------------------------------------
 
     @property
     def shape(self) -> IndexShape:
-        """``exact`` or ``ivf``."""
-        return "ivf" if self._ivf() is not None else "exact"
+        """``exact``, ``ivf`` or ``hnsw``."""
+        if self._ivf() is not None:
+            return "ivf"
+        return "hnsw" if self._hnsw() is not None else "exact"
 
     @property
     def dim(self) -> int:
@@ -175,17 +219,31 @@ class VectorIndex:
 
     @property
     def nprobe(self) -> int:
-        """IVF cells visited per query (1 for an exact index)."""
+        """The search effort: IVF cells visited per query, HNSW's efSearch (1 for an exact index)."""
         ivf = self._ivf()
-        return int(ivf.nprobe) if ivf is not None else 1
+        if ivf is not None:
+            return int(ivf.nprobe)
+        hnsw = self._hnsw()
+        return int(hnsw.hnsw.efSearch) if hnsw is not None else 1
+
+    @property
+    def max_nprobe(self) -> int:
+        """The largest useful search effort: nlist (IVF), :data:`MAX_EF_SEARCH` (HNSW), 1 (exact)."""
+        ivf = self._ivf()
+        if ivf is not None:
+            return int(ivf.nlist)
+        return MAX_EF_SEARCH if self._hnsw() is not None else 1
 
     def set_nprobe(self, nprobe: int) -> None:
-        """Set the cells visited per query (ignored by an exact index); recorded in ``params``."""
-        ivf = self._ivf()
-        if ivf is None:
+        """Set the search effort (nprobe / efSearch; ignored by an exact index); recorded in ``params``."""
+        if self.shape == "exact":
             return
-        nprobe = max(1, min(int(nprobe), int(ivf.nlist)))
-        ivf.nprobe = nprobe
+        nprobe = max(1, min(int(nprobe), self.max_nprobe))
+        ivf = self._ivf()
+        if ivf is not None:
+            ivf.nprobe = nprobe
+        else:
+            self._hnsw().hnsw.efSearch = nprobe
         self.params["nprobe"] = nprobe
 
     def _ivf(self) -> Any:
@@ -193,6 +251,14 @@ class VectorIndex:
             return faiss.extract_index_ivf(self.index)
         except RuntimeError:
             return None
+
+    def _hnsw(self) -> Any:
+        """The HNSW index inside the id map, or None."""
+        inner = getattr(faiss.downcast_index(self.index), "index", None)
+        if inner is None:
+            return None
+        inner = faiss.downcast_index(inner)
+        return inner if isinstance(inner, faiss.IndexHNSW) else None
 
     # --- content ---------------------------------------------------------------------------------
 
@@ -228,9 +294,17 @@ class VectorIndex:
         self.index.add_with_ids(xb, xids)
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
-        """Remove the vectors of figure ``ids`` (absent ids are ignored); return how many went."""
+        """Remove the vectors of figure ``ids`` (absent ids are ignored); return how many went.
+
+        An HNSW index raises :class:`NeedsRebuildError` when any of ``ids`` is held.
+        """
         xids = as_ids(ids)
         if xids.size == 0 or self.ntotal == 0:
+            return 0
+        if self._hnsw() is not None:
+            held = int(np.isin(xids, self.ids(), assume_unique=False).sum())
+            if held:
+                raise NeedsRebuildError(f"an HNSW index cannot delete in place ({held} vectors to remove)")
             return 0
         return int(self.index.remove_ids(faiss.IDSelectorBatch(xids)))
 
@@ -313,8 +387,12 @@ def num_gpus() -> int:
 def to_gpus(index: faiss.Index) -> faiss.Index:
     """Clone a CPU index onto all GPUs, sharded (each GPU holds 1/n of the vectors).
 
-    Only call when :func:`num_gpus` > 0. nprobe is clamped to faiss-gpu's limit first.
+    Only call when :func:`num_gpus` > 0. nprobe is clamped to faiss-gpu's limit first. An HNSW
+    index has no GPU form: it is returned as it is (searched on the CPU).
     """
+    inner = getattr(faiss.downcast_index(index), "index", None)
+    if inner is not None and isinstance(faiss.downcast_index(inner), faiss.IndexHNSW):
+        return index
     try:
         ivf = faiss.extract_index_ivf(index)
         ivf.nprobe = min(int(ivf.nprobe), GPU_MAX_K)
@@ -394,12 +472,12 @@ def tune_nprobe(
     ids or None)``; e.g. caption vectors (text->image) and held-out image vectors (image->image).
     Doubles nprobe until the target is met, then bisects between the last miss and the first
     hit. When even nprobe = nlist misses (a lossy codec), returns nlist with ``reached`` False.
+    An HNSW index is tuned the same way on efSearch (up to :data:`MAX_EF_SEARCH`).
     The index is left set to the chosen nprobe.
     """
-    ivf = index._ivf()
-    if ivf is None:
+    if index.shape == "exact":
         return NprobeChoice(1, 1.0, True, {1: 1.0})
-    nlist = int(ivf.nlist)
+    nlist = index.max_nprobe
     curve: dict[int, float] = {}
 
     def measure(nprobe: int) -> float:

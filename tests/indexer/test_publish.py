@@ -168,3 +168,36 @@ def test_wrong_width_queries_and_unknown_kind_are_refused(sqlite_url: str, tmp_p
         live.search("image", np.zeros((1, 31), np.float32), 3)
     with pytest.raises(ValueError, match="kind"):
         live.search("video", np.zeros((1, 32), np.float32), 3)
+
+
+def test_hnsw_structure_builds_tuned_adds_in_place_and_rebuilds_to_delete(db_url: str, tmp_path: Path) -> None:
+    """``index_structure=hnsw``: above exact_index_max the index is an HNSW graph tuned to the recall
+    target; new figures are added in place; deleted figures make the indexer rebuild the version."""
+    factory = factory_for(db_url)
+    opts = IndexOptions(exact_index_max=600, ann=AnnSpec(structure="hnsw"), tune_queries=200)
+    fids, img, _ = populate(factory, 1000, seed=1)
+    first = update_indexes(factory, tmp_path, MODEL, options=opts, progress=False).kinds["image"]
+    assert (first.action, first.shape, first.ntotal) == ("built", "hnsw", 1000)
+    assert first.recall is not None and first.recall >= 0.95 and "efSearch=" in first.line()
+
+    new_ids = add_figures(factory, 40)
+    new_img = clustered(40, 32, seed=77)
+    add_embeddings(factory, "image", new_ids, new_img)
+    second = update_indexes(factory, tmp_path, MODEL, options=opts, progress=False).kinds["image"]
+    assert (second.action, second.added, second.removed, second.shape) == ("updated", 40, 0, "hnsw")
+
+    delete_figures(factory, fids[:25])
+    third = update_indexes(factory, tmp_path, MODEL, options=opts, progress=False).kinds["image"]
+    assert third.action == "rebuilt" and "cannot delete in place" in third.reason
+    assert (third.shape, third.ntotal) == ("hnsw", 1015)
+    live = LiveIndexes(tmp_path, MODEL)
+    live.refresh()
+    _, found = live.search("image", new_img, 1)
+    assert found[:, 0].tolist() == new_ids
+    _, found = live.search("image", img[:25], 10)
+    assert not np.isin(found, fids[:25]).any()
+
+    # switching the configured structure back to IVF rebuilds
+    back = update_indexes(factory, tmp_path, MODEL, options=IndexOptions(exact_index_max=600, tune_queries=200),
+                          progress=False).kinds["image"]
+    assert back.action == "rebuilt" and back.shape == "ivf" and "switched from HNSW to IVF" in back.reason

@@ -12,6 +12,7 @@ from indexer.vector_index import (
     AnnSpec,
     DimensionMismatchError,
     IndexFileError,
+    NeedsRebuildError,
     VectorIndex,
     default_nlist,
     exact_neighbours,
@@ -142,11 +143,13 @@ def test_default_nlist_grows_with_size_and_leaves_enough_training_points() -> No
         assert default_nlist(n) * 39 <= n
 
 
-@pytest.mark.parametrize("shape", ["exact", "ivf"])
+@pytest.mark.parametrize("shape", ["exact", "ivf", "hnsw"])
 def test_written_index_reads_back_the_same_with_and_without_mmap(tmp_path: Path, shape: str) -> None:
     xb = clustered(3000, 32, seed=8)
     ids = np.arange(3000) + 10
-    index = VectorIndex.exact(32) if shape == "exact" else VectorIndex.train_ivf(xb, AnnSpec(nlist=32))
+    index = VectorIndex.exact(32) if shape == "exact" else VectorIndex.train_ann(
+        xb, AnnSpec(nlist=32, structure="ivf" if shape == "ivf" else "hnsw"))
+    assert index.shape == shape
     index.add(ids, xb)
     index.set_nprobe(8)
     path = tmp_path / "x.faiss"
@@ -171,3 +174,35 @@ def test_reading_a_missing_or_corrupt_file_raises_index_file_error(tmp_path: Pat
         VectorIndex.read(bad)
     with pytest.raises(IndexFileError):
         VectorIndex.read(bad, mmap=True)
+
+
+def test_hnsw_shape_tunes_ef_search_to_the_recall_target_and_refuses_in_place_deletes() -> None:
+    """HNSW over 8-bit codes: efSearch tuned like nprobe reaches the target on fresh queries; adding
+    new ids works, deleting (or re-adding) a held id asks for a rebuild."""
+    n, dim, k, target = 20_000, 64, 10, 0.95
+    xb = clustered(n, dim, centers=64, spread=0.5, seed=5)
+    ids = np.arange(n, dtype=np.int64) + 1
+    index = VectorIndex.train_ann(xb[:-100], AnnSpec(structure="hnsw"))
+    index.add(ids[:-100], xb[:-100])
+    index.add(ids[-100:], xb[-100:])  # a second add: new ids only
+    assert index.shape == "hnsw" and index.ntotal == n and index.params["factory"] == "IDMap2,HNSW16_SQ8"
+    rng = np.random.default_rng(6)
+    pick = rng.choice(n, 300, replace=False)
+    tune_q, exclude = xb[pick], ids[pick]
+    # as the indexer does: held-out indexed vectors and off-data queries (its cross-modal group)
+    off = _fresh_queries(dim, seed=5, n=800)[500:]
+    groups = [(tune_q, exact_neighbours(xb, ids, tune_q, k, exclude), exclude),
+              (off, exact_neighbours(xb, ids, off, k), None)]
+    choice = tune_nprobe(index, groups, k=k, target=target)
+    assert choice.reached and choice.recall >= target and index.nprobe == choice.nprobe == index.params["nprobe"]
+    fresh = _fresh_queries(dim, seed=5, n=500)
+    _, approx = index.search(fresh, k)
+    assert recall_at_k(approx, exact_neighbours(xb, ids, fresh, k), k) >= target - 0.02
+    assert index.remove([10**9]) == 0  # absent ids: nothing to do
+    with pytest.raises(NeedsRebuildError):
+        index.remove(ids[:3])
+    with pytest.raises(NeedsRebuildError):
+        index.add(ids[:1], xb[:1])
+    assert index.ntotal == n
+    with pytest.raises(ValueError, match="structure"):
+        AnnSpec(structure="tree").factory_string(1000)
