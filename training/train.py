@@ -145,6 +145,30 @@ def _resolve(opts: TrainOptions, recipe: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+def lock_hf_text_tower(text: nn.Module, unlocked_layers: int) -> None:
+    """Freeze a Hugging Face text tower (LayerNorms included) except its last ``unlocked_layers`` layers.
+
+    open_clip's ``HFTextEncoder.lock`` does this for ``unlocked_layers == 0`` only: for N > 0 it
+    looks up a ``layer_attr`` that its ``arch_dict`` lacks for BERT (MiniLM, PubMedBERT) and raises
+    ``KeyError``. Same semantics: embeddings + layers, all but the last N frozen; the projection
+    head (``text.proj``) stays trainable.
+    """
+    transformer = text.transformer
+    for p in transformer.parameters():
+        p.requires_grad = False
+    if unlocked_layers <= 0:
+        return
+    encoder = transformer.encoder if hasattr(transformer, "encoder") else transformer
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise ConfigError("partial text locking needs a BERT-style tower (encoder.layer)")
+    if unlocked_layers > len(layers):
+        raise ConfigError(f"lock_text_unlocked_layers {unlocked_layers} > the tower's {len(layers)} layers")
+    for layer in list(layers)[-unlocked_layers:]:
+        for p in layer.parameters():
+            p.requires_grad = True
+
+
 def _param_groups(model: nn.Module, lr: float, wd: float, text_lr: float) -> list[dict[str, Any]]:
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -298,7 +322,7 @@ def train(opts: TrainOptions) -> TrainResult:
     fully_locked = bool(r["lock_text"]) and int(r["lock_text_unlocked_layers"]) == 0 and is_hf_text
     if r["lock_text"]:
         if is_hf_text:
-            model.lock_text_tower(unlocked_layers=int(r["lock_text_unlocked_layers"]), freeze_layer_norm=True)
+            lock_hf_text_tower(model.text, int(r["lock_text_unlocked_layers"]))
         else:
             raise ConfigError("lock_text needs a Hugging Face text tower (hf_model_name)")
     if r["grad_checkpointing"]:
