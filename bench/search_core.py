@@ -41,7 +41,7 @@ K = 10
 TARGET = 0.95
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 100  # chromadb's default too; 200 doubles a 1M build on 2 cores
-EF_SWEEP = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+EF_SWEEP = (10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
 @dataclass
