@@ -9,7 +9,7 @@ For each size ``n`` (dim 512, :mod:`bench.synthetic` data, queries drawn near in
   benchmark queries reaches the target (the same sweep every alternative gets).
 - **hnswlib** (M=16, ef_construction=100, as chromadb) and **chromadb** (its HNSW, ``space=ip``): ``ef`` swept
   up to the smallest value whose Recall@10 on the benchmark queries reaches the target.
-- **ours, HNSW** (``BIOMEDSEARCH_INDEX_STRUCTURE=hnsw``): ``IDMap2,HNSW16_SQ8`` (FAISS's HNSW graph
+- **ours, HNSW** (``BIOMEDSEARCH_INDEX_STRUCTURE=hnsw``): ``IDMap2,HNSW24_SQ8`` (FAISS's HNSW graph
   over 8-bit codes, efConstruction 100 as hnswlib), efSearch tuned and swept like nprobe.
 
 Every latency is measured one query at a time on one thread (``faiss.omp_set_num_threads(1)``,
@@ -135,7 +135,7 @@ def bench_ours(
     rss0 = rss_bytes()
     t = time.perf_counter()
     faiss.omp_set_num_threads(threads)
-    spec = AnnSpec(structure=structure, ef_construction=HNSW_EF_CONSTRUCTION, hnsw_m=HNSW_M)
+    spec = AnnSpec(structure=structure)  # the indexer's defaults (HNSW: M=24, efConstruction=100)
     vi = VectorIndex.train_ann(xb, spec)
     vi.add(ids, xb)
     # the indexer's tuning protocol (index_update._tune): 500 held-out indexed vectors, own id excluded

@@ -185,7 +185,7 @@ def test_hnsw_shape_tunes_ef_search_to_the_recall_target_and_refuses_in_place_de
     index = VectorIndex.train_ann(xb[:-100], AnnSpec(structure="hnsw"))
     index.add(ids[:-100], xb[:-100])
     index.add(ids[-100:], xb[-100:])  # a second add: new ids only
-    assert index.shape == "hnsw" and index.ntotal == n and index.params["factory"] == "IDMap2,HNSW16_SQ8"
+    assert index.shape == "hnsw" and index.ntotal == n and index.params["factory"] == "IDMap2,HNSW24_SQ8"
     rng = np.random.default_rng(6)
     pick = rng.choice(n, 300, replace=False)
     tune_q, exclude = xb[pick], ids[pick]
