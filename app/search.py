@@ -25,8 +25,9 @@ Text query embeddings are kept in an LRU cache (``query_cache_size`` entries, ke
 and text), so repeated queries skip the encoder.
 
 The encoder is loaded once (at startup, then retried at most every ``RETRY_LOAD_S`` seconds while
-it fails) and shared with the in-process worker; queries and re-index batches run their forward
-passes side by side (the encoders lock only their tokenizer, see :class:`SharedEncoder`).
+it fails) and shared with the in-process worker; every forward pass runs on one encoder thread, in
+slices of 16 items (:class:`SharedEncoder`), so a query waits behind at most one slice of a
+re-index batch.
 """
 
 from __future__ import annotations
@@ -155,13 +156,23 @@ class TextEmbeddingCache:
             return len(self._data)
 
 
+_ENCODER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+"""Every forward pass of the service's encoders runs on this one thread. PyTorch's CPU kernels use
+an OpenMP team per calling thread whose workers keep spinning for a while after each parallel
+region; passes started from several threads (query threads, hybrid channels, the worker) make
+those teams fight over the cores. Measured here on 2 cores: a hybrid query whose CLIP and sentence
+encodes ran on two threads took 0.3-1.5 s instead of 0.02-0.06 s, even with the passes serialised
+by a lock. One thread: one team, and the passes queue in order."""
+
+SLICE = 16
+"""Items per forward pass of a shared encoder: a query waits behind at most one slice of a re-index
+batch (about 0.1-0.3 s of the tiny encoder on 2 CPU cores), not the whole batch."""
+
+
 class SharedEncoder:
     """An encoder shared by the query threads and the in-process worker; same interface, float32
-    outputs.
-
-    Calls are not serialised: the encoders lock only their tokenizer, so a query's forward pass
-    runs beside a re-index batch instead of waiting for it (a batch of 64 captions holds the CPU
-    for a second or more).
+    outputs. Its forward passes run on the one encoder thread (:data:`_ENCODER_THREAD`), in slices
+    of at most :data:`SLICE` items, so a query is never stuck behind a whole re-index batch.
     """
 
     def __init__(self, encoder: Any) -> None:
@@ -171,12 +182,19 @@ class SharedEncoder:
         self.device: str = getattr(encoder, "device", "cpu")
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """``inner.encode_texts`` as float32."""
-        return np.asarray(self.inner.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
+        """``inner.encode_texts`` as float32, slice by slice on the encoder thread."""
+        return self._sliced(lambda part: self.inner.encode_texts(part, batch_size=SLICE), list(texts))
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
-        """``inner.encode_images`` as float32."""
-        return np.asarray(self.inner.encode_images(images, batch_size=batch_size), dtype=np.float32)
+        """``inner.encode_images`` as float32, slice by slice on the encoder thread."""
+        return self._sliced(lambda part: self.inner.encode_images(part, batch_size=SLICE), list(images))
+
+    def _sliced(self, encode: Callable[[list[Any]], Any], items: list[Any]) -> np.ndarray:
+        parts = []
+        for start in range(0, len(items), SLICE):
+            part = items[start:start + SLICE]
+            parts.append(np.asarray(_ENCODER_THREAD.submit(encode, part).result(), dtype=np.float32))
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
 
 class _TimedSearcher:
@@ -486,9 +504,10 @@ class SearchService:
     ) -> dict[str, list[ChannelHit]]:
         """Each channel's best ``depth`` hits for ``query``, the channels run side by side.
 
-        The lexical channel waits on the database and each dense channel on its own encoder (the
-        CLIP text tower, the sentence encoder), none of which holds the GIL while it works, so a
-        hybrid query costs about its slowest channel instead of the sum (``parallel_channels``).
+        The lexical channel waits on the database while the dense channels encode (the CLIP text
+        tower, then the sentence encoder: their forward passes queue on the encoder thread, see
+        :class:`SharedEncoder`); none holds the GIL while it works, so the full-text search is
+        hidden behind the encoding (``parallel_channels``).
         """
         if len(channels) < 2 or not self.settings.parallel_channels:
             return {name: channel(query, depth) for name, channel in channels.items()}
