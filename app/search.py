@@ -182,8 +182,15 @@ class SharedEncoder:
         self.device: str = getattr(encoder, "device", "cpu")
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """``inner.encode_texts`` as float32, slice by slice on the encoder thread."""
-        return self._sliced(lambda part: self.inner.encode_texts(part, batch_size=SLICE), list(texts))
+        """``inner.encode_texts`` as float32, slice by slice on the encoder thread; the slices are
+        cut from the texts in length order, so each pads only to texts of similar length."""
+        from training.encoders import longest_first
+
+        order = longest_first(texts)
+        vectors = self._sliced(lambda part: self.inner.encode_texts(part, batch_size=SLICE), [texts[i] for i in order])
+        out = np.empty_like(vectors)
+        out[np.asarray(order, dtype=np.int64)] = vectors
+        return out
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
         """``inner.encode_images`` as float32, slice by slice on the encoder thread."""

@@ -117,7 +117,7 @@ class Encoder:
         same as encoding each text alone.
         """
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: -len(str(texts[i])))
+        order = longest_first(texts)
         with torch.inference_mode():
             for start in range(0, len(order), max(1, batch_size)):
                 rows = order[start:start + batch_size]
@@ -133,6 +133,12 @@ class Encoder:
             with autocast(self.device, self.autocast):
                 feats = self.model.encode_text(ids)
             return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+
+
+def longest_first(texts: Sequence[object]) -> list[int]:
+    """Positions of ``texts`` from the longest to the shortest (by characters): batching texts in
+    this order pads each batch only to texts of similar length; results go back by position."""
+    return sorted(range(len(texts)), key=lambda i: -len(str(texts[i])))
 
 
 def _weights_file(folder: Path) -> Path:

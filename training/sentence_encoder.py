@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.encoders import resolve_device
+from training.encoders import longest_first, resolve_device
 from training.errors import EncoderLoadError
 from training.model_factory import quiet_hf_loading
 from training.precision import autocast, autocast_dtype
@@ -58,7 +58,7 @@ class SentenceEncoder:
         Texts are batched by length (longest first) so that a batch pads to similar lengths, not
         to the longest caption of the whole input; the outputs are the same, in the input order.
         """
-        order = sorted(range(len(texts)), key=lambda i: -len(str(texts[i])))
+        order = longest_first(texts)
         out: list[np.ndarray] = []
         with torch.inference_mode():
             for start in range(0, len(order), max(1, batch_size)):
