@@ -365,16 +365,14 @@ class Worker:
         from indexer.embeddings import count_pending, embed_pending
 
         s = self.settings
-        start, end = _STAGE_END["ingest"], _STAGE_END["embed"]
-        if kind == "caption":
-            start, end = _STAGE_END["publish"], _STAGE_END["captions"]
-        self._set(job, "embed" if kind == "image" else "captions", start, counts, errors)
+        stage, after = ("embed", "ingest") if kind == "image" else ("captions", "publish")
+        start, end = _STAGE_END[after], _STAGE_END[stage]
+        self._set(job, stage, start, counts, errors)
         encoder = self.encoder_provider()
         total = max(1, count_pending(self.session_factory, encoder.model_id, kinds=(kind,)))
 
         def on_batch(done: int) -> None:
-            self._set(job, "embed" if kind == "image" else "captions", start + (end - start) * min(1.0, done / total),
-                      counts, errors)
+            self._set(job, stage, start + (end - start) * min(1.0, done / total), counts, errors)
 
         report = embed_pending(
             self.session_factory,

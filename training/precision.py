@@ -16,22 +16,25 @@ by :func:`set_default_precision`; an encoder can also be given its own.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-Precision = Literal["auto", "fp32"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32")
 
 _default: str = "auto"
 
 
+def _checked(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
+
+
 def set_default_precision(precision: str) -> None:
     """Make ``precision`` (``auto`` or ``fp32``) the default of encoders created from now on."""
     global _default
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    _default = precision
+    _default = _checked(precision)
 
 
 def default_precision() -> str:
@@ -45,10 +48,7 @@ def autocast_dtype(device: str, precision: str | None = None) -> torch.dtype | N
     Inputs: a device string (``cpu``, ``cuda``, ``cuda:N``) and ``auto`` / ``fp32`` (None: the
     process default). Returns ``torch.float16``, ``torch.bfloat16`` or None.
     """
-    precision = precision or _default
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "fp32":
+    if _checked(precision or _default) == "fp32":
         return None
     if str(device).startswith("cuda"):
         return torch.float16
