@@ -190,14 +190,14 @@ class VectorIndex:
         factory = spec.factory_string(n)
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         vi = cls(index, {"shape": "hnsw", "factory": factory, "hnsw_m": spec.hnsw_m,
-                         "ef_construction": spec.ef_construction, "nprobe": 16, "trained_on": int(n)})
+                         "ef_construction": spec.ef_construction, "trained_on": int(n)})
         hnsw = vi._hnsw()
         assert hnsw is not None
         hnsw.hnsw.efConstruction = spec.ef_construction
         if not index.is_trained:  # the scalar quantiser learns its value ranges
             rng = np.random.default_rng(spec.seed)
             index.train(xb if n <= spec.train_size else xb[np.sort(rng.choice(n, spec.train_size, replace=False))])
-        vi.set_nprobe(16)
+        vi.set_nprobe(16)  # a starting point; the indexer tunes it to the recall target
         return vi
 
     # --- properties ------------------------------------------------------------------------------
@@ -256,11 +256,7 @@ class VectorIndex:
 
     def _hnsw(self) -> Any:
         """The HNSW index inside the id map, or None."""
-        inner = getattr(faiss.downcast_index(self.index), "index", None)
-        if inner is None:
-            return None
-        inner = faiss.downcast_index(inner)
-        return inner if isinstance(inner, faiss.IndexHNSW) else None
+        return hnsw_inside(self.index)
 
     # --- content ---------------------------------------------------------------------------------
 
@@ -380,6 +376,15 @@ def read_faiss(path: Path, *, mmap: bool = False) -> faiss.Index:
         raise IndexFileError(f"cannot read index {path}: {exc}") from exc
 
 
+def hnsw_inside(index: faiss.Index) -> Any:
+    """The ``IndexHNSW`` an id map wraps, or None (an exact or IVF index)."""
+    inner = getattr(faiss.downcast_index(index), "index", None)
+    if inner is None:
+        return None
+    inner = faiss.downcast_index(inner)
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
 def num_gpus() -> int:
     """GPUs FAISS can use (0 with faiss-cpu)."""
     get = getattr(faiss, "get_num_gpus", None)
@@ -392,8 +397,7 @@ def to_gpus(index: faiss.Index) -> faiss.Index:
     Only call when :func:`num_gpus` > 0. nprobe is clamped to faiss-gpu's limit first. An HNSW
     index has no GPU form: it is returned as it is (searched on the CPU).
     """
-    inner = getattr(faiss.downcast_index(index), "index", None)
-    if inner is not None and isinstance(faiss.downcast_index(inner), faiss.IndexHNSW):
+    if hnsw_inside(index) is not None:
         return index
     try:
         ivf = faiss.extract_index_ivf(index)
