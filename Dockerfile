@@ -32,15 +32,19 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 biomed \
     && useradd --system --uid 10001 --gid biomed --home-dir /data --shell /usr/sbin/nologin biomed \
-    && mkdir -p /data && chown biomed:biomed /data
+    && mkdir -p /data && chown biomed:biomed /data && chmod 0700 /data \
+    && { find / -xdev -type f -perm /6000 -exec chmod a-s {} + 2>/dev/null || true; }  # no setuid/setgid programs
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/data/hf-cache \
     BIOMEDSEARCH_DATA_HOME=/data \
     BIOMEDSEARCH_HOST=0.0.0.0 \
     BIOMEDSEARCH_PORT=8000
-USER biomed
+# An unprivileged user (numeric, so that runAsNonRoot-style checks can verify it); the compose
+# file adds a read-only root, no capabilities and no-new-privileges.
+USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8000
