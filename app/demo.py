@@ -17,7 +17,6 @@ Serving is the caller's (the CLI runs uvicorn on the result).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from indexer.catalogue import make_engine, make_session_factory, migrate
 from indexer.pairs_export import export_pairs
+from training.fsio import replace_dir
 
 if TYPE_CHECKING:
     from training.encoders import Encoder
@@ -166,14 +166,7 @@ def publish_folder(src: Path, target: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         shutil.copytree(src, staging, dirs_exist_ok=True)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from app.ranking import CHANNELS, ChannelHit, ChannelSearch, FusionWeights, fuse
 from indexer.catalogue import Article, Figure
+from training.fsio import atomic_file
 
 MODES: tuple[str, ...] = (*CHANNELS, "hybrid")
 
@@ -103,19 +104,11 @@ def read_query_set(path: Path) -> list[dict[str, object]]:
 
 def write_query_set(path: Path, queries: Iterable[Mapping[str, object]]) -> int:
     """Write queries as JSONL atomically (temp file in the same folder, fsync, replace); returns the count."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_file(Path(path), "w", encoding="utf-8") as fh:
         for q in queries:
             fh.write(json.dumps(q, ensure_ascii=False) + "\n")
             count += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return count
 
 

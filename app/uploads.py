@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from indexer.jats import MAX_XML_BYTES, HostileXMLError, parse_xml
 from indexer.packages import XML_SUFFIXES, ArchiveLimits
+from training.fsio import atomic_file
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -68,16 +69,11 @@ def save_upload(stream: BinaryIO, filename: str | None, uploads_dir: Path) -> Pa
     dest_dir = uploads_dir / uuid.uuid4().hex
     dest_dir.mkdir(parents=True, exist_ok=False)
     dest = dest_dir / safe_name(filename, kind)
-    fd, tmp = tempfile.mkstemp(prefix=".upload.", suffix=".tmp", dir=dest_dir)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic_file(dest) as out:
             out.write(head)
             shutil.copyfileobj(stream, out, _CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         shutil.rmtree(dest_dir, ignore_errors=True)
         raise
     return dest

@@ -9,33 +9,18 @@ keep their own context. The README section between ``<!-- bench:start -->`` and
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from training.fsio import write_atomic
+
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
 
 Tables = list[tuple[str, list[str], list[list[str]]]]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def merge_results(path: Path, stages: dict[str, Any]) -> dict[str, Any]:

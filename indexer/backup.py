@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -49,7 +48,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
-from indexer.publish import fsync_dir
+from training.fsio import atomic_path, copy_hashed, create_new, fsync_dir, fsync_tree, write_atomic
 
 FORMAT = "biomedsearch-backup"
 FORMAT_VERSION = 1
@@ -115,37 +114,11 @@ def _libpq(url: str) -> tuple[str, dict[str, str]]:
     return plain.render_as_string(hide_password=False), env
 
 
-def _copy_hashed(src: IO[bytes], dst: IO[bytes]) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    while block := src.read(_CHUNK):
-        h.update(block)
-        dst.write(block)
-        n += len(block)
-    return h.hexdigest(), n
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    with open(path, "rb") as fh:
-        h = hashlib.sha256()
-        n = 0
-        while block := fh.read(_CHUNK):
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, _files in os.walk(root):
-        fsync_dir(Path(dirpath))
-
-
 def _write_new(path: Path, src: IO[bytes]) -> tuple[str, int]:
     """Create ``path`` (never through a link, never over a file) from ``src``; (sha256, bytes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        digest = _copy_hashed(src, out)
+    with create_new(path) as out:
+        digest = copy_hashed(src, out)
         out.flush()
         os.fsync(out.fileno())
     return digest
@@ -296,7 +269,8 @@ def create_backup(
         for path, rel in _data_files(data_home, exclude, (*SKIP_TOP, "indexes")):
             copy(path, rel)
         bar.close()
-        db_sha, db_bytes = _sha256(tmp / db_name)
+        with open(tmp / db_name, "rb") as fh:
+            db_sha, db_bytes = copy_hashed(fh)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -312,11 +286,8 @@ def create_backup(
             },
             "files": files,
         }
-        with open(tmp / MANIFEST, "wb") as fh:
-            fh.write(json.dumps(manifest, indent=1).encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        _fsync_tree(tmp)
+        write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+        fsync_tree(tmp)
         if dest.exists():
             dest.rmdir()  # the empty folder the caller named
         os.replace(tmp, dest)
@@ -481,14 +452,10 @@ def _restore_catalogue(dump: Path, database_url: str, pg_restore: str) -> None:
     db_file = _sqlite_path(database_url)
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = db_file.with_name(f".{db_file.name}.tmp-{os.getpid()}")
-        shutil.copyfile(dump, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        for sfx in ("-wal", "-shm", "-journal"):  # a stale WAL must never be replayed onto the copy
-            Path(f"{db_file}{sfx}").unlink(missing_ok=True)
-        os.replace(tmp, db_file)
-        fsync_dir(db_file.parent)
+        with atomic_path(db_file) as tmp:  # fsync, rename onto db_file, fsync the folder
+            shutil.copyfile(dump, tmp)
+            for sfx in ("-wal", "-shm", "-journal"):  # a stale WAL must never be replayed onto the copy
+                Path(f"{db_file}{sfx}").unlink(missing_ok=True)
         return
     uri, env = _libpq(database_url)
     cmd = [

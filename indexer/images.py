@@ -19,18 +19,15 @@ the header before any pixel is decoded), truncated or corrupt images, files over
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import io
-import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from training.fsio import atomic_file
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "TIFF", "BMP", "WEBP"})
 _LOSSLESS = frozenset({"PNG", "GIF", "TIFF", "BMP"})
@@ -51,46 +48,6 @@ class StoredImage:
     width: int
     height: int
     source_format: str
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, fsync: bool = True) -> None:
-    """Write ``path`` through ``write(fileobj)`` via a temp file in the same dir, fsync, os.replace.
-
-    ``fsync=False`` leaves durability to a later :func:`sync_filesystem` barrier (batch writers:
-    one barrier per batch instead of one disk flush per file); readers still never see a partial
-    file, because the rename is atomic either way.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _write_bytes(fh: IO[bytes], data: bytes) -> None:
-    fh.write(data)
-
-
-def sync_filesystem(path: Path) -> None:
-    """Make every write on the filesystem holding ``path`` durable (``syncfs``; else ``sync``)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if libc.syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        pass
-    os.sync()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -163,7 +120,7 @@ def store_image(
     """Validate ``path`` and store it (and its thumbnail) under ``<data_home>/media``.
 
     Returns the stored paths (relative to ``data_home``), the source hash and the pixel size.
-    ``fsync=False``: the caller calls :func:`sync_filesystem` before relying on the files.
+    ``fsync=False``: the caller calls :func:`training.fsio.sync_filesystem` before relying on the files.
     Raises ImageRejected with the reason when the file is refused; nothing is written then.
     """
     try:
@@ -207,16 +164,18 @@ def store_image(
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageRejected(f"truncated or corrupt image: {exc}") from exc
 
-    if keep_bytes:
-        atomic_write(image_file, lambda fh: _write_bytes(fh, data), fsync=fsync)
-    elif lossless:
-        atomic_write(image_file, lambda fh: rgb.save(fh, format="PNG", optimize=False), fsync=fsync)
-    else:
-        atomic_write(image_file, lambda fh: rgb.save(fh, format="JPEG", quality=92), fsync=fsync)
+    with atomic_file(image_file, fsync=fsync) as fh:
+        if keep_bytes:
+            fh.write(data)
+        elif lossless:
+            rgb.save(fh, format="PNG", optimize=False)
+        else:
+            rgb.save(fh, format="JPEG", quality=92)
     if not own_thumb:
         thumb = rgb.copy()
         thumb.thumbnail((thumbnail_size, thumbnail_size), Image.Resampling.BICUBIC, reducing_gap=2.0)
-        atomic_write(thumb_file, lambda fh: thumb.save(fh, format="JPEG", quality=85), fsync=fsync)
+        with atomic_file(thumb_file, fsync=fsync) as fh:
+            thumb.save(fh, format="JPEG", quality=85)
     return stored
 
 

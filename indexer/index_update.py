@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from indexer.catalogue import Embedding, Figure, IndexVersion
 from indexer.embeddings import KINDS, StoreState, VectorChunk, iter_vectors, store_state, vectors_for_figures
-from indexer.publish import IndexStore, VersionMeta, file_sha256, ids_digest
+from indexer.publish import IndexStore, VersionMeta, ids_digest
 from indexer.vector_index import (
     AnnSpec,
     IndexFileError,
@@ -38,6 +38,7 @@ from indexer.vector_index import (
     exact_neighbours,
     tune_nprobe,
 )
+from training.fsio import file_sha256
 
 StepHook = Callable[[str], None]
 

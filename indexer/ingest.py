@@ -38,9 +38,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from indexer.catalogue import Article, Figure, session_scope, utcnow
-from indexer.images import ImageRejected, StoredImage, sniff_image, store_image, sync_filesystem
+from indexer.images import ImageRejected, StoredImage, sniff_image, store_image
 from indexer.jats import JatsError, clean, parse_jats_file
 from indexer.packages import ArchiveLimits, Found, PackageError, Source, discover, unpacked, walk_extracted
+from training.fsio import sync_filesystem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
 _FULL_FIRST = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")

@@ -8,22 +8,20 @@ never land on both sides of a train/validation split. The file is written atomic
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.catalogue import Article, Figure
+from training.fsio import atomic_file
 
 
 def export_pairs(factory: sessionmaker[Session], data_home: Path, out: Path) -> int:
     """Write the pairs of the catalogue behind ``factory`` (image paths resolved against
     ``data_home``) to ``out``; returns the number of pairs written (0 writes an empty file)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     n = 0
-    with factory() as session, open(tmp, "w", encoding="utf-8") as fh:
+    with factory() as session, atomic_file(out, "w", encoding="utf-8") as fh:
         rows = session.execute(
             select(Figure.image_path, Figure.caption, Article.key)
             .join(Article, Figure.article_id == Article.id)
@@ -35,7 +33,4 @@ def export_pairs(factory: sessionmaker[Session], data_home: Path, out: Path) -> 
                 continue
             fh.write(json.dumps({"image": str(data_home / image_path), "caption": caption, "article": key}) + "\n")
             n += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
     return n

@@ -27,6 +27,8 @@ from urllib.parse import urljoin, urlparse
 import httpx
 from lxml import etree
 
+from training.fsio import fsync_dir, fsync_file
+
 _FTP_PREFIX = "ftp://ftp.ncbi.nlm.nih.gov/"
 _HTTPS_PREFIX = "https://ftp.ncbi.nlm.nih.gov/"
 _PMCID = re.compile(r"^(?:PMC)?(\d{1,12})$", re.I)
@@ -230,7 +232,9 @@ class PmcClient:
                 continue
         else:
             raise PmcError(f"{record.pmcid}: download of {url} incomplete after retries ({last})")
+        fsync_file(part)
         part.replace(final)
+        fsync_dir(dest_dir)
         return final
 
     def _download_once(self, url: str, part: Path) -> bool:

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from indexer.catalogue import IndexVersion
 from indexer.embeddings import KINDS
 from indexer.vector_index import IndexFileError, VectorIndex, num_gpus, search_index, to_gpus
+from training.fsio import file_sha256, fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,35 +58,6 @@ def ids_digest(ids: np.ndarray) -> str:
     """sha256 of the sorted int64 figure ids (what an index version holds, in 64 hex chars)."""
     arr = np.sort(np.asarray(ids, dtype="<i8"))
     return hashlib.sha256(arr.tobytes()).hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that renames inside it are durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory + fsync + os.replace."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import faiss
 import numpy as np
+
+from training.fsio import fsync_file
 
 log = logging.getLogger(__name__)
 
@@ -318,11 +319,7 @@ class VectorIndex:
     def write(self, path: Path) -> None:
         """Write the index to ``path`` and fsync it (the caller renames it into place)."""
         faiss.write_index(self.index, str(path))
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(path)
 
     @classmethod
     def read(cls, path: Path, params: dict[str, Any] | None = None, *, mmap: bool = False) -> VectorIndex:

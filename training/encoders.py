@@ -7,7 +7,6 @@ Specs: ``local-dir:PATH`` or a plain ``PATH`` (an open_clip local-dir export, se
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import threading
@@ -24,6 +23,7 @@ from PIL import Image
 
 from training.errors import ConfigError, EncoderLoadError
 from training.export import CONFIG_NAME
+from training.fsio import file_sha256
 from training.model_factory import instantiate, resolve_text_source
 from training.precision import autocast, autocast_dtype, default_precision
 from training.preprocess import SplitTransform
@@ -37,14 +37,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Encoder:
@@ -187,7 +179,7 @@ def load_local_dir(folder: str | Path, device: str = "auto", precision: str | No
     pp = merge_preprocess_dict(PreprocessCfg(), doc.get("preprocess_cfg", {}))
     pp["size"] = model_cfg["vision_cfg"].get("image_size", 224)
     preprocess = image_transform_v2(PreprocessCfg(**pp), is_train=False)
-    model_id = f"{path.resolve().name}-{_sha256(weights)[:12]}"
+    model_id = f"{path.resolve().name}-{file_sha256(weights)[:12]}"
     return Encoder(model, preprocess, tokenizer, model_id=model_id, device=resolve_device(device), precision=precision)
 
 

@@ -25,17 +25,11 @@ import torch
 from safetensors.torch import save_file
 
 from training.errors import TrainingError
+from training.fsio import DIR_MODE, FILE_MODE, replace_dir
 from training.model_factory import BuiltModel
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
 CONFIG_NAME = "open_clip_config.json"
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
 
 
 def export_model(built: BuiltModel, out_dir: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
@@ -67,16 +61,9 @@ def export_model(built: BuiltModel, out_dir: str | Path, *, extra: dict[str, Any
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         for path in tmp.iterdir():
-            os.chmod(path, 0o644)
-        os.chmod(tmp, 0o755)  # noqa: S103  (an export is meant to be read by the service user)
-        _fsync_tree(tmp)
-        old: Path | None = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            os.chmod(path, FILE_MODE)
+        os.chmod(tmp, DIR_MODE)  # an export is meant to be read by the service user
+        replace_dir(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise TrainingError(f"cannot export the model to {out}: {exc}") from exc

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from training.fsio import atomic_path
 
 
 def plot_history(history: Sequence[dict[str, Any]], out_png: str | Path, *, title: str = "") -> Path:
@@ -41,10 +42,9 @@ def plot_history(history: Sequence[dict[str, Any]], out_png: str | Path, *, titl
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return out

@@ -13,7 +13,6 @@ at the precision :mod:`training.precision` picks (bf16 autocast on a CPU with na
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from training.encoders import longest_first, resolve_device
 from training.errors import EncoderLoadError
+from training.fsio import file_sha256
 from training.model_factory import quiet_hf_loading
 from training.precision import autocast, autocast_dtype
 
@@ -91,11 +91,7 @@ def minilm_folder() -> Path:
 def _weights_digest(folder: Path) -> str:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
-            digest = hashlib.sha256()
-            with open(folder / name, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-            return digest.hexdigest()[:12]
+            return file_sha256(folder / name)[:12]
     raise EncoderLoadError(f"no model.safetensors / pytorch_model.bin in {folder}")
 
 

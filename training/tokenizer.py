@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +21,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from training.errors import DataError
+from training.fsio import DIR_MODE, FILE_MODE, replace_dir
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -87,16 +89,15 @@ def train_wordpiece(captions: Iterable[str], out_dir: str | Path, *, vocab_size:
     out = Path(out_dir).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    fast.save_pretrained(str(tmp))
-    for path in tmp.iterdir():
-        os.chmod(path, 0o644)
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
-    os.chmod(tmp, 0o755)  # noqa: S103  (a tokenizer is meant to be read by other users)
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
+    try:
+        fast.save_pretrained(str(tmp))
+        for path in tmp.iterdir():
+            os.chmod(path, FILE_MODE)
+        os.chmod(tmp, DIR_MODE)  # a tokenizer is meant to be read by other users
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 

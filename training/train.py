@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from training.encoders import Encoder, resolve_device
 from training.errors import ConfigError, DataError
 from training.evaluate import evaluate_retrieval
 from training.export import export_model
+from training.fsio import atomic_path, write_atomic
 from training.losses import multi_positive_clip_loss
 from training.model_factory import BuiltModel, build_model, load_config
 from training.plots import plot_history
@@ -268,23 +268,14 @@ class _LockedTexts:
 
 
 def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     weights = {k: v for k, v in model.state_dict().items() if k in trainable or k not in dict(model.named_parameters())}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": weights, "optimizer": optimizer.state_dict(), **state}, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"model": weights, "optimizer": optimizer.state_dict(), **state}, tmp)
 
 
 def train(opts: TrainOptions) -> TrainResult:

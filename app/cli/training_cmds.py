@@ -10,16 +10,11 @@ from typing import Annotated
 import typer
 
 from app.cli.base import cli, console, fail, load_settings, setup_logging
+from training.fsio import write_atomic
 
 
 def _write_json(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2))
 
 
 def _catalogue_manifest(out: Path) -> Path:
