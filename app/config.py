@@ -8,7 +8,6 @@ it receives plain arguments derived from a :class:`Settings`.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -69,9 +68,6 @@ class Settings(BaseSettings):
     # --- PMC OA client -----------------------------------------------------------------------------
     pmc_oa_url: str = Field(
         "https://www.ncbi.nlm.nih.gov/pmc/utils/oa/oa.fcgi", description="NCBI PMC OA web service (`fetch`)."
-    )
-    pmc_file_list_url: str = Field(
-        "https://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_file_list.csv", description="PMC OA file list (`fetch --since`)."
     )
     pmc_requests_per_second: float = Field(3.0, gt=0, le=10, description="Polite rate limit towards NCBI.")
     pmc_retries: int = Field(5, ge=0, le=20, description="Retries per PMC request (exponential backoff).")
@@ -145,11 +141,6 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.data_home / 'catalogue.db'}"
 
     @property
-    def media_dir(self) -> Path:
-        """Content-addressed image store (``<data_home>/media``)."""
-        return self.data_home / "media"
-
-    @property
     def index_dir(self) -> Path:
         """Where FAISS index versions and their pointers live (``<data_home>/indexes``)."""
         return self.data_home / "indexes"
@@ -185,15 +176,6 @@ class Settings(BaseSettings):
             import torch
 
             torch.set_num_threads(self.torch_threads)
-
-    def apply_encoder_runtime(self) -> None:
-        """Apply the process-wide encoder settings: ``torch_threads`` and ``encoder_precision`` (no
-        torch import while both are at their defaults)."""
-        self.apply_torch_threads()
-        if self.encoder_precision != "auto" or "training.precision" in sys.modules:
-            from training.precision import set_default_precision
-
-            set_default_precision(self.encoder_precision)
 
     def ingest_limits(self) -> IngestLimits:
         """The ingestion caps (pixel, archive member count and size, thumbnail size) as the indexer takes them."""

@@ -102,12 +102,13 @@ def open_catalogue(settings: Settings) -> sessionmaker[Session]:
     return make_session_factory(make_engine(url))
 
 
-def load_hub_model(device: str) -> Encoder | None:
-    """The published BiomedCLIP on ``device`` when it is cached locally or the hub answers, else None."""
+def load_hub_model(device: str, precision: str = "auto") -> Encoder | None:
+    """The published BiomedCLIP on ``device`` at ``precision`` when it is cached locally or the hub
+    answers, else None."""
     from training.encoders import EncoderLoadError, load_encoder
 
     try:
-        return load_encoder(BIOMEDCLIP_HUB, device=device)
+        return load_encoder(BIOMEDCLIP_HUB, device=device, precision=precision)
     except EncoderLoadError as exc:
         log.info("published BiomedCLIP not available: %s", exc)
         return None
@@ -176,7 +177,7 @@ def choose_model(
     corpus: Corpus | None,
     factory: sessionmaker[Session],
     *,
-    hub_loader: Callable[[str], Encoder | None] = load_hub_model,
+    hub_loader: Callable[[str, str], Encoder | None] = load_hub_model,
     progress: bool = True,
 ) -> tuple[str, str, Encoder | None]:
     """The encoder spec to index with, a line saying where it came from, and the encoder when
@@ -186,7 +187,7 @@ def choose_model(
     existing = settings.default_model_spec()
     if existing:
         return existing, f"encoder: {existing} (already exported)", None
-    hub = hub_loader(settings.device)
+    hub = hub_loader(settings.device, settings.encoder_precision)
     if hub is not None:
         return BIOMEDCLIP_HUB, f"encoder: {BIOMEDCLIP_HUB} (published weights)", hub
     folder = train_demo_model(settings, corpus, factory, progress=progress)
@@ -233,7 +234,7 @@ def prepare(
     corpus_dir: Path | None,
     *,
     search_from: Path,
-    hub_loader: Callable[[str], Encoder | None] = load_hub_model,
+    hub_loader: Callable[[str, str], Encoder | None] = load_hub_model,
     progress: bool = True,
 ) -> DemoResult:
     """Ingest the corpus, obtain an encoder and publish the indexes; return what was done."""
@@ -252,7 +253,7 @@ def prepare(
     spec, how, encoder = choose_model(settings, corpus, factory, hub_loader=hub_loader, progress=progress)
     steps.append(how)
     if encoder is None:
-        encoder = load_encoder(spec, device=settings.device)
+        encoder = load_encoder(spec, device=settings.device, precision=settings.encoder_precision)
     steps.append(
         embed_pending(
             factory, encoder, settings.data_home, batch_size=settings.encode_batch_size, progress=progress
@@ -268,7 +269,7 @@ def prepare(
 
         captions, caption_index = index_captions(
             factory,
-            load_sentence_encoder(settings.text_model, device=settings.device),
+            load_sentence_encoder(settings.text_model, device=settings.device, precision=settings.encoder_precision),
             settings.index_dir,
             options=settings.index_options(),
             batch_size=settings.encode_batch_size,

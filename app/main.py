@@ -12,8 +12,6 @@ Middleware, outermost first: security headers, per-route latency metrics, CORS (
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -32,11 +30,10 @@ from app.jobs import Worker, job_counts
 from app.metrics import Metrics
 from app.middleware import BodySizeLimit, RouteMetrics, SecurityHeaders, install_error_handlers
 from app.search import SearchService
+from app.web import pages
 from indexer.catalogue import make_engine, make_session_factory, migrate
 
 log = logging.getLogger(__name__)
-
-WEB_PAGES_MODULE = "app.web.pages"  # the web UI's router (a later issue), included when present
 
 
 def create_app(
@@ -50,7 +47,7 @@ def create_app(
     count or stub loads); by default the real loader is used.
     """
     settings = settings or Settings()
-    settings.apply_encoder_runtime()
+    settings.apply_torch_threads()
     metrics = Metrics()
 
     @asynccontextmanager
@@ -86,10 +83,7 @@ def create_app(
         app.include_router(module.router, dependencies=read_deps)
     app.include_router(health.router)
 
-    # --- web UI (added by its own issue): app/web/pages.py exposes `router` ---------------------
-    if importlib.util.find_spec(WEB_PAGES_MODULE) is not None:
-        pages = importlib.import_module(WEB_PAGES_MODULE)
-        app.include_router(pages.router)
+    app.include_router(pages.router)  # the web UI
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:

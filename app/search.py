@@ -32,6 +32,7 @@ re-index batch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -279,7 +280,7 @@ class SearchService:
         if loader is None:
             from training.encoders import load_encoder
 
-            loader = load_encoder
+            loader = functools.partial(load_encoder, precision=self.settings.encoder_precision)
         try:
             self._encoder = SharedEncoder(loader(spec, self.settings.device))
             self.encoder_error = None
@@ -427,7 +428,8 @@ class SearchService:
                 from indexer.publish import LiveIndexes
                 from training.sentence_encoder import load_sentence_encoder
 
-                encoder = SharedEncoder(load_sentence_encoder(self.settings.text_model, self.settings.device))
+                encoder = SharedEncoder(load_sentence_encoder(
+                    self.settings.text_model, self.settings.device, self.settings.encoder_precision))
                 indexes = LiveIndexes(self.settings.index_dir, encoder.model_id, use_gpu=self.settings.use_gpu)
                 indexes.refresh()
                 self._text_encoder, self._text_indexes = encoder, indexes

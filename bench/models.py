@@ -16,8 +16,6 @@ from pathlib import Path
 from training.export import CONFIG_NAME, export_model
 from training.model_factory import MINILM_HUB_ID, build_model, load_config, resolve_text_source
 
-NAMES = ("biomedclip-tiny", "biomedclip-base")
-
 
 def ensure_model(name: str, models_dir: Path) -> Path:
     """The export folder of config ``name`` under ``models_dir``, built and exported when missing."""

@@ -32,7 +32,6 @@ from bench.server import Server
 
 OVERHEAD_TARGET_MS = 3.0
 BASE_P50_TARGET_MS = 60.0
-PHASES = ("encode", "index_search", "db")
 
 
 def parse_server_timing(header: str) -> dict[str, float]:

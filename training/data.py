@@ -1,4 +1,4 @@
-"""Image-caption pairs: reading manifests, caption hygiene, group splits, datasets and webdataset shards.
+"""Image-caption pairs: reading manifests, caption hygiene, group splits, datasets.
 
 A JSONL manifest has one object per line with ``image`` (a path, relative to the manifest's folder
 or absolute) and ``caption``; the group that a split must keep together is read from ``case_id``,
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import random
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -162,23 +161,3 @@ class PairDataset(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.load_image(i)), self.caption_ids[i]
 
-
-def write_shards(pairs: Sequence[Pair], out_dir: str | Path, *, shard_size: int = 1000, seed: int = 0) -> list[Path]:
-    """Write pairs as webdataset tar shards (``{key}.jpg`` + ``.txt`` + ``.json``), the format
-    open_clip's trainer streams. Pairs are shuffled with ``seed``. Returns the shard paths."""
-    import webdataset as wds
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    order = list(pairs)
-    random.Random(seed).shuffle(order)
-    pattern = str(out / "shard-%06d.tar")
-    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
-        for n, pair in enumerate(order):
-            try:
-                data = pair.image.read_bytes()
-            except OSError as exc:
-                raise DataError(f"cannot read image {pair.image}: {exc}") from exc
-            sink.write({"__key__": f"{n:09d}", "jpg": data, "txt": pair.caption,
-                        "json": {"group": pair.group, "source": pair.image.name}})
-    return sorted(out.glob("shard-*.tar"))

@@ -25,7 +25,7 @@ from training.errors import ConfigError, EncoderLoadError
 from training.export import CONFIG_NAME
 from training.fsio import file_sha256
 from training.model_factory import instantiate, resolve_text_source
-from training.precision import autocast, autocast_dtype, default_precision
+from training.precision import autocast, autocast_dtype
 from training.preprocess import SplitTransform
 
 HF_HUB_PREFIX = "hf-hub:"
@@ -50,15 +50,15 @@ class Encoder:
         autocast: the dtype both towers run in under autocast, or None (float32): with ``auto``,
             fp16 on a GPU, bf16 on a CPU with native bf16, else None.
 
-    Outputs are float32 either way. An encoder may be called from several threads at once (the
-    service's queries and its re-index worker share one): the forward passes run side by side and
-    only tokenization is serialised.
+    Outputs are float32 either way. An encoder may be called from several threads at once: only
+    tokenization is serialised. (The service does not rely on it: its queries and its in-process
+    re-index worker share one encoder whose passes all run, one after another, on one encoder thread.)
     """
 
     def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, *, model_id: str,
-                 device: str, precision: str | None = None) -> None:
+                 device: str, precision: str = "auto") -> None:
         self.model = model.to(device).eval()
-        self.precision = precision or default_precision()
+        self.precision = precision
         self.autocast = autocast_dtype(device, self.precision)
         self.preprocess = preprocess
         self._batch_preprocess = SplitTransform(preprocess)
@@ -141,7 +141,7 @@ def _weights_file(folder: Path) -> Path:
     raise EncoderLoadError(f"no open_clip weights (open_clip_model.safetensors) in {folder}")
 
 
-def load_local_dir(folder: str | Path, device: str = "auto", precision: str | None = None) -> Encoder:
+def load_local_dir(folder: str | Path, device: str = "auto", precision: str = "auto") -> Encoder:
     """Load an open_clip local-dir export from ``folder`` (offline; the folder may have moved)."""
     path = Path(folder).expanduser()
     if not path.is_dir():
@@ -194,7 +194,7 @@ def _check_hub_reachable(timeout_s: float = 3.0) -> None:
         pass
 
 
-def load_hub(name: str, device: str = "auto", precision: str | None = None) -> Encoder:
+def load_hub(name: str, device: str = "auto", precision: str = "auto") -> Encoder:
     """Load a published open_clip model from the Hugging Face hub (or its local cache).
 
     Fails fast with :class:`EncoderLoadError` when neither the cache nor the hub has it.
@@ -221,11 +221,11 @@ def load_hub(name: str, device: str = "auto", precision: str | None = None) -> E
     return Encoder(model, preprocess, tokenizer, model_id=name, device=resolve_device(device), precision=precision)
 
 
-def load_encoder(spec: str, device: str = "auto", precision: str | None = None) -> Encoder:
+def load_encoder(spec: str, device: str = "auto", precision: str = "auto") -> Encoder:
     """Load an encoder from ``local-dir:PATH``, a plain ``PATH`` or ``hf-hub:NAME``.
 
     ``device``: ``auto`` (GPU when present), ``cpu``, ``cuda`` or ``cuda:N``; ``precision``:
-    ``auto`` or ``fp32`` (None: the process default, see :mod:`training.precision`).
+    ``auto`` (the default) or ``fp32`` (see :mod:`training.precision`).
     Raises :class:`EncoderLoadError` with a message saying what to pass instead.
     """
     spec = spec.strip()

@@ -9,8 +9,9 @@ doubles batch throughput for every tower (BERT-base text 4.3 -> 8.2 texts/s, the
 tower 32 -> 57 texts/s, the tiny ResNet-18 image tower 56 -> 112 images/s) and cuts a single
 BERT-base query from 67 to 50 ms, at a cosine of 0.996-0.997 or more to the float32 embedding.
 
-The process-wide default is set once from ``Settings.encoder_precision`` (``BIOMEDSEARCH_ENCODER_PRECISION``)
-by :func:`set_default_precision`; an encoder can also be given its own.
+There is no process-wide default: every encoder is given its precision when it is loaded (the entry
+points pass ``Settings.encoder_precision``, ``BIOMEDSEARCH_ENCODER_PRECISION``; a library caller
+that passes nothing gets ``auto``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import torch
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32")
 
-_default: str = "auto"
-
 
 def _checked(precision: str) -> str:
     if precision not in PRECISIONS:
@@ -31,24 +30,13 @@ def _checked(precision: str) -> str:
     return precision
 
 
-def set_default_precision(precision: str) -> None:
-    """Make ``precision`` (``auto`` or ``fp32``) the default of encoders created from now on."""
-    global _default
-    _default = _checked(precision)
-
-
-def default_precision() -> str:
-    """The process-wide default precision (``auto`` unless :func:`set_default_precision` changed it)."""
-    return _default
-
-
-def autocast_dtype(device: str, precision: str | None = None) -> torch.dtype | None:
+def autocast_dtype(device: str, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype for a forward pass on ``device`` at ``precision`` (None: float32).
 
-    Inputs: a device string (``cpu``, ``cuda``, ``cuda:N``) and ``auto`` / ``fp32`` (None: the
-    process default). Returns ``torch.float16``, ``torch.bfloat16`` or None.
+    Inputs: a device string (``cpu``, ``cuda``, ``cuda:N``) and ``auto`` / ``fp32``. Returns
+    ``torch.float16``, ``torch.bfloat16`` or None; raises ValueError for any other precision.
     """
-    if _checked(precision or _default) == "fp32":
+    if _checked(precision) == "fp32":
         return None
     if str(device).startswith("cuda"):
         return torch.float16

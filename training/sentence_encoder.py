@@ -42,7 +42,7 @@ class SentenceEncoder:
     """
 
     def __init__(
-        self, model: torch.nn.Module, tokenizer: object, *, model_id: str, device: str, precision: str | None = None
+        self, model: torch.nn.Module, tokenizer: object, *, model_id: str, device: str, precision: str = "auto"
     ) -> None:
         self.model = model.to(device).eval()
         self.autocast = autocast_dtype(device, precision)
@@ -95,10 +95,10 @@ def _weights_digest(folder: Path) -> str:
     raise EncoderLoadError(f"no model.safetensors / pytorch_model.bin in {folder}")
 
 
-def load_sentence_encoder(spec: str, device: str = "auto", precision: str | None = None) -> SentenceEncoder:
+def load_sentence_encoder(spec: str, device: str = "auto", precision: str = "auto") -> SentenceEncoder:
     """Load ``minilm`` (the bundled all-MiniLM-L6-v2) or a local Hugging Face model folder, offline.
 
-    ``precision``: ``auto`` or ``fp32`` (None: the process default, see :mod:`training.precision`).
+    ``precision``: ``auto`` (the default) or ``fp32`` (see :mod:`training.precision`).
 
     Raises :class:`EncoderLoadError` when the folder is missing or not a loadable model.
     """

@@ -28,7 +28,7 @@ def load_settings(**overrides: object) -> Settings:
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = Settings(**given)  # type: ignore[arg-type]
-    settings.apply_encoder_runtime()
+    settings.apply_torch_threads()
     return settings
 
 

@@ -31,13 +31,13 @@ def _session_factory(settings: Settings) -> sessionmaker[Session]:
     return make_session_factory(make_engine(url))
 
 
-def _load_encoder(spec: str, device: str) -> Any:
+def _load_encoder(spec: str, device: str, precision: str = "auto") -> Any:
     try:
         from training.encoders import load_encoder
     except ImportError as exc:
         fail(f"the encoder package is not available: {exc}")
     try:
-        return load_encoder(spec, device=device)
+        return load_encoder(spec, device=device, precision=precision)
     except Exception as exc:  # a bad spec, missing files or an offline hub: one clear line
         fail(f"cannot load encoder {spec!r}: {exc}")
 
@@ -49,7 +49,7 @@ def _load_text_model(settings: Settings) -> Any:
 
     assert settings.text_model is not None
     try:
-        return load_sentence_encoder(settings.text_model, device=settings.device)
+        return load_sentence_encoder(settings.text_model, device=settings.device, precision=settings.encoder_precision)
     except Exception as exc:
         fail(f"cannot load the caption-channel text model {settings.text_model!r}: {exc}")
 
@@ -85,7 +85,7 @@ def index_cmd(
 
         dev = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     factory = _session_factory(settings)
-    encoder = _load_encoder(spec, dev)
+    encoder = _load_encoder(spec, dev, settings.encoder_precision)
     if not no_embed:
         report = embed_pending(
             factory,

@@ -46,7 +46,7 @@ def build_channels(settings: Settings, session_factory: Any, modes: set[str]) ->
         spec = settings.default_model_spec()
         if spec is None:
             fail(f"no encoder: set BIOMEDSEARCH_MODEL or export one under {settings.models_dir}")
-        clip = _load_encoder(spec, settings.device)
+        clip = _load_encoder(spec, settings.device, settings.encoder_precision)
         clip_encode = _encode_fn(clip)
         if modes & {"image", "hybrid"}:
             channels["image"] = dense_channel(clip_encode, _live(settings, clip.model_id, "image"), "image")

@@ -71,7 +71,7 @@ def worker(
                 raise ValueError(
                     f"no encoder configured: set BIOMEDSEARCH_MODEL or export one under {settings.models_dir}"
                 )
-            loaded.append(load_encoder(spec, device=settings.device))
+            loaded.append(load_encoder(spec, device=settings.device, precision=settings.encoder_precision))
         return loaded[0]
 
     text_loaded: list[object] = []
@@ -80,7 +80,8 @@ def worker(
         if not text_loaded:
             from training.sentence_encoder import load_sentence_encoder
 
-            text_loaded.append(load_sentence_encoder(settings.text_model or "", device=settings.device))
+            spec = settings.text_model or ""
+            text_loaded.append(load_sentence_encoder(spec, settings.device, settings.encoder_precision))
         return text_loaded[0]
 
     loop = Worker(

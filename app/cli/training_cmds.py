@@ -213,7 +213,7 @@ def eval_cmd(
     if spec is None:
         fail("no model: pass --model SPEC (local-dir:PATH, a folder or hf-hub:NAME)")
     try:
-        encoder = load_encoder(spec, device=settings.device)
+        encoder = load_encoder(spec, device=settings.device, precision=settings.encoder_precision)
         pairs, dropped = filter_pairs(read_pairs(data))
         if not pairs:
             fail(f"no usable pairs in {data}")

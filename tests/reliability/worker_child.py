@@ -21,7 +21,7 @@ def main() -> None:
     """Install the stub encoder module, then hand over to the CLI's ``worker`` command."""
     delay = float(sys.argv[1])
     stub = types.ModuleType("training.encoders")
-    stub.load_encoder = lambda spec, device="auto": FakeEncoder(delay)  # type: ignore[attr-defined]
+    stub.load_encoder = lambda spec, device="auto", precision="auto": FakeEncoder(delay)  # type: ignore[attr-defined]
     sys.modules["training.encoders"] = stub
     from app.cli import main as cli_main
 

@@ -109,24 +109,16 @@ def test_reduced_precision_stays_close_to_float32(tiny_model_dir: Path, shared_d
     np.testing.assert_allclose(fast.encode_texts(TEXTS), fast.encode_texts_padded(TEXTS), atol=2e-2)
 
 
-def test_precision_choices_and_the_process_default() -> None:
+def test_precision_choices() -> None:
     import torch
 
-    from app.config import Settings
     from training import precision
 
     assert precision.autocast_dtype("cpu", "fp32") is None
     assert precision.autocast_dtype("cuda:0", "auto") == torch.float16
+    assert precision.autocast_dtype("cuda:0") == torch.float16  # auto unless told otherwise
     with pytest.raises(ValueError, match="precision must be one of"):
         precision.autocast_dtype("cpu", "fp16x")
-    before = precision.default_precision()
-    try:
-        Settings(_env_file=None, encoder_precision="fp32").apply_encoder_runtime()  # type: ignore[call-arg]
-        assert precision.default_precision() == "fp32" and precision.autocast_dtype("cuda") is None
-        Settings(_env_file=None).apply_encoder_runtime()  # type: ignore[call-arg]
-        assert precision.default_precision() == "auto"
-    finally:
-        precision.set_default_precision(before)
 
 
 def test_one_encoder_serves_several_threads_at_once(tiny_model_dir: Path, shared_data: Path) -> None:
