@@ -45,7 +45,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from tqdm import tqdm
 
 from training.fsio import atomic_path, copy_hashed, create_new, fsync_dir, fsync_tree, write_atomic
@@ -104,14 +104,30 @@ def _dialect(url: str) -> str:
     return name
 
 
-def _libpq(url: str) -> tuple[str, dict[str, str]]:
-    """A libpq connection URI for ``url`` and the environment carrying its password (not argv)."""
+@contextlib.contextmanager
+def _libpq(url: str) -> Iterator[str]:
+    """A libpq connection URI for ``url``, valid inside the ``with`` block.
+
+    The password never goes on argv: it is written to a private (0600) passfile in a temporary
+    folder, named by the URI's ``passfile`` parameter and removed when the block ends. The child
+    process inherits the caller's environment unchanged (this module reads none of it).
+    """
     parsed = make_url(url)
-    env = dict(os.environ)
-    if parsed.password is not None:
-        env["PGPASSWORD"] = str(parsed.password)
-    plain = parsed.set(drivername="postgresql", password=None)
-    return plain.render_as_string(hide_password=False), env
+    # (URL.set(password=None) would keep the password: None means "unchanged" there)
+    plain = URL.create(
+        "postgresql", username=parsed.username, host=parsed.host, port=parsed.port, database=parsed.database,
+        query=parsed.query,
+    )
+    if parsed.password is None:
+        yield plain.render_as_string(hide_password=False)
+        return
+    with tempfile.TemporaryDirectory(prefix="biomedsearch-pg-") as tmp:
+        passfile = Path(tmp) / "pgpass"
+        secret = str(parsed.password).replace("\\", "\\\\").replace(":", "\\:")
+        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(f"*:*:*:*:{secret}\n")
+        yield plain.update_query_dict({"passfile": str(passfile)}).render_as_string(hide_password=False)
 
 
 def _write_new(path: Path, src: IO[bytes]) -> tuple[str, int]:
@@ -201,15 +217,15 @@ def _snapshot_sqlite(db: Path, out: Path) -> None:
 
 
 def _dump_postgres(url: str, out: Path, pg_dump: str) -> None:
-    uri, env = _libpq(url)
-    _run_pg_tool([pg_dump, "--format=custom", "--no-owner", "--no-privileges", f"--file={out}", uri], env)
+    with _libpq(url) as uri:
+        _run_pg_tool([pg_dump, "--format=custom", "--no-owner", "--no-privileges", f"--file={out}", uri])
 
 
-def _run_pg_tool(cmd: list[str], env: dict[str, str]) -> None:
+def _run_pg_tool(cmd: list[str]) -> None:
     """Run a PostgreSQL client tool (``cmd[0]``); :class:`BackupError` when it is missing or fails."""
     name = Path(cmd[0]).name
     try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=24 * 3600)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=24 * 3600)
     except FileNotFoundError as exc:
         raise BackupError(f"{cmd[0]} not found: install the PostgreSQL client tools") from exc
     if done.returncode != 0:
@@ -457,12 +473,12 @@ def _restore_catalogue(dump: Path, database_url: str, pg_restore: str) -> None:
             for sfx in ("-wal", "-shm", "-journal"):  # a stale WAL must never be replayed onto the copy
                 Path(f"{db_file}{sfx}").unlink(missing_ok=True)
         return
-    uri, env = _libpq(database_url)
-    cmd = [
-        pg_restore, "--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction",
-        "--exit-on-error", f"--dbname={uri}", str(dump),
-    ]  # fmt: skip
-    _run_pg_tool(cmd, env)
+    with _libpq(database_url) as uri:
+        cmd = [
+            pg_restore, "--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction",
+            "--exit-on-error", f"--dbname={uri}", str(dump),
+        ]  # fmt: skip
+        _run_pg_tool(cmd)
 
 
 def _rebase_job_paths(database_url: str, old_home: str | None, new_home: Path) -> None:
