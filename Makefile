@@ -18,9 +18,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# ruff, mypy and the layering contracts of DESIGN.md (import-linter, [tool.importlinter] in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # What CI runs: ruff, mypy and every test (the end-to-end tier trains the tiny encoder once, drives
 # Debian's Chromium when it is installed, SIGKILLs publishers and workers).
