@@ -1,7 +1,8 @@
 """The figure catalogue: SQLAlchemy 2 models and the engine / session factory.
 
-The schema is created and upgraded only through Alembic migrations (``indexer/migrations``); call
-:func:`migrate` (the CLI and ``create_app`` do) before opening sessions on a new database.
+The schema is created and upgraded only through Alembic migrations (``indexer/migrations``).
+:func:`open_database` is the one place that migrates a database and opens its engine and session
+factory (the CLI, ``create_app``, the demo and the benchmarks call it with the URL they were given).
 
 Tables:
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from indexer.vocabulary import JobState
 
 
 def utcnow() -> dt.datetime:
@@ -165,8 +169,8 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_state_id", "state", "id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))  # "ingest" | "fetch" | "reindex"
-    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued/running/done/failed
+    kind: Mapped[str] = mapped_column(String(32))  # a JobKind
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)  # a JobState
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
     stage: Mapped[str | None] = mapped_column(String(64))
@@ -208,6 +212,38 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """A session factory whose objects stay usable after commit (``expire_on_commit=False``)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@dataclass(frozen=True)
+class Database:
+    """An open catalogue database: its URL, engine and session factory (``dispose()`` closes the
+    engine's connections; ``with open_database(url) as db:`` does so on exit)."""
+
+    url: str
+    engine: Engine
+    session_factory: sessionmaker[Session]
+
+    def dispose(self) -> None:
+        """Close the engine's pooled connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.dispose()
+
+
+def open_database(url: str, *, migrate_schema: bool = True, echo: bool = False) -> Database:
+    """Bring the database at ``url`` to the newest schema (unless ``migrate_schema`` is False: a
+    reader of a catalogue that must already exist), then open its engine and session factory.
+
+    Raises whatever the driver or Alembic raises for a database that cannot be reached or migrated.
+    """
+    if migrate_schema:
+        migrate(url)
+    engine = make_engine(url, echo=echo)
+    return Database(url, engine, make_session_factory(engine))
 
 
 @contextmanager

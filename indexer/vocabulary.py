@@ -30,6 +30,38 @@ class JobKind(StrEnum):
     FETCH = "fetch"
 
 
+class Stage(StrEnum):
+    """The re-index pipeline's stages, in the order they run (:mod:`indexer.pipeline` runs them).
+
+    A job's ``stage`` column shows the one it is in, and ``counts["seconds"]`` times each.
+    ``FETCH`` (PMCIDs to download) runs before the pipeline, in a fetch job only.
+    """
+
+    FETCH = "fetch"
+    INGEST = "ingest"
+    EMBED = "embed"  # the image vectors (every vector when the images are not published first)
+    PUBLISH = "publish"  # the CLIP indexes: from here text -> figure and image -> figure find them
+    CAPTIONS = "captions"  # the CLIP caption vectors
+    PUBLISH_CAPTIONS = "publish_captions"  # the CLIP indexes again, with the caption vectors
+    CAPTION_CHANNEL = "caption_channel"  # the sentence encoder's caption vectors and index
+
+    @property
+    def progress(self) -> tuple[float, float]:
+        """Where this stage's share of a job's progress bar (0..1) starts and ends."""
+        return _STAGE_PROGRESS[self]
+
+
+_STAGE_PROGRESS = {
+    Stage.FETCH: (0.0, 0.15),
+    Stage.INGEST: (0.15, 0.35),
+    Stage.EMBED: (0.35, 0.65),
+    Stage.PUBLISH: (0.65, 0.7),
+    Stage.CAPTIONS: (0.7, 0.95),
+    Stage.PUBLISH_CAPTIONS: (0.95, 0.96),
+    Stage.CAPTION_CHANNEL: (0.96, 0.99),
+}
+
+
 class VectorKind(StrEnum):
     """Which side of a figure a stored vector (and the index built from it) encodes."""
 
