@@ -9,7 +9,9 @@ Steps, each skipped when its result already exists (so a second run is serving w
    Hugging Face cache or the hub answers; else ``biomedclip-tiny`` trained on the corpus (MedPix
    train split when present, else the catalogue's own figure-caption pairs split by article) and
    exported to ``<data_home>/models/biomedclip-tiny``.
-3. **Catalogue and indexes**: ingest (idempotent), encode what is not yet encoded, publish indexes.
+3. **Catalogue and indexes**: the re-index pipeline (:func:`indexer.pipeline.reindex`): ingest
+   (idempotent), then, once the encoder is chosen, encode what is not yet encoded and publish the
+   indexes (and the caption channel's, when ``text_model`` is set).
 
 Serving is the caller's (the CLI runs uvicorn on the result).
 """
@@ -27,11 +29,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from indexer.catalogue import make_engine, make_session_factory, migrate
+from indexer.catalogue import open_database
 from indexer.pairs_export import export_pairs
 from training.fsio import replace_dir
 
 if TYPE_CHECKING:
+    from indexer.caption_embeddings import TextEncoder
     from training.encoders import Encoder
 
 log = logging.getLogger(__name__)
@@ -97,9 +100,7 @@ def find_corpus(explicit: Path | None, search_from: Path) -> Corpus | None:
 
 def open_catalogue(settings: Settings) -> sessionmaker[Session]:
     """Migrate the catalogue of ``settings`` and return its session factory."""
-    url = settings.resolved_database_url
-    migrate(url)
-    return make_session_factory(make_engine(url))
+    return open_database(settings.resolved_database_url).session_factory
 
 
 def load_hub_model(device: str, precision: str = "auto") -> Encoder | None:
@@ -238,42 +239,36 @@ def prepare(
     progress: bool = True,
 ) -> DemoResult:
     """Ingest the corpus, obtain an encoder and publish the indexes; return what was done."""
-    from indexer.embeddings import embed_pending
-    from indexer.index_update import update_indexes
-    from indexer.ingest import ingest_paths
+    from app.reindex import catalogue, reindex_options
+    from indexer.pipeline import Encoders, reindex
     from training.encoders import load_encoder
 
     settings.data_home.mkdir(parents=True, exist_ok=True)
     factory = open_catalogue(settings)
     corpus = find_corpus(corpus_dir, search_from)
     paths: Sequence[Path] = corpus.ingest if corpus else fetch_corpus(settings, progress=progress)
-    steps = [f"corpus: {corpus.description if corpus else f'{len(paths)} packages fetched from PMC OA'}"]
-    report = ingest_paths(paths, factory, settings.data_home, limits=settings.ingest_limits(), progress=progress)
-    steps.append(report.summary())
-    spec, how, encoder = choose_model(settings, corpus, factory, hub_loader=hub_loader, progress=progress)
-    steps.append(how)
-    if encoder is None:
-        encoder = load_encoder(spec, device=settings.device, precision=settings.encoder_precision)
-    steps.append(
-        embed_pending(
-            factory, encoder, settings.data_home, batch_size=settings.encode_batch_size, progress=progress
-        ).summary()
-    )
-    index_report = update_indexes(
-        factory, settings.index_dir, encoder.model_id, options=settings.index_options(), progress=progress
-    )
-    steps.append(index_report.summary())
-    if settings.text_model:  # the caption channel of hybrid search
-        from indexer.caption_embeddings import index_captions
+    chosen: list[tuple[str, str, Encoder]] = []
+
+    def encoder() -> Encoder:
+        """Chosen once the corpus is ingested (training one, when needed, learns from it)."""
+        spec, how, loaded = choose_model(settings, corpus, factory, hub_loader=hub_loader, progress=progress)
+        if loaded is None:
+            loaded = load_encoder(spec, device=settings.device, precision=settings.encoder_precision)
+        chosen.append((spec, how, loaded))
+        return chosen[0][2]
+
+    def text_encoder() -> TextEncoder:
         from training.sentence_encoder import load_sentence_encoder
 
-        captions, caption_index = index_captions(
-            factory,
-            load_sentence_encoder(settings.text_model, device=settings.device, precision=settings.encoder_precision),
-            settings.index_dir,
-            options=settings.index_options(),
-            batch_size=settings.encode_batch_size,
-            progress=progress,
+        return load_sentence_encoder(
+            settings.text_model or "", device=settings.device, precision=settings.encoder_precision
         )
-        steps += [captions.summary(), caption_index.summary()]
-    return DemoResult(model_spec=spec, steps=steps, encoder=encoder)
+
+    encoders = Encoders(encoder, text_encoder if settings.text_model else None)
+    options = reindex_options(settings, publish_images_first=False, progress=progress)  # one publication
+    report = reindex(paths, catalogue(settings, factory), encoders, options)
+    spec, how, loaded = chosen[0]
+    lines = report.summaries()  # ingest, embed, indexes (, caption channel)
+    steps = [f"corpus: {corpus.description if corpus else f'{len(paths)} packages fetched from PMC OA'}"]
+    steps += [lines[0], how, *lines[1:]]
+    return DemoResult(model_spec=spec, steps=steps, encoder=loaded)

@@ -31,7 +31,7 @@ from app.metrics import Metrics
 from app.middleware import BodySizeLimit, RouteMetrics, SecurityHeaders, install_error_handlers
 from app.search import SearchService
 from app.web import pages
-from indexer.catalogue import make_engine, make_session_factory, migrate
+from indexer.catalogue import open_database
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,8 @@ def _start(settings: Settings, metrics: Metrics, encoder_loader: Callable[[str, 
     """Open the catalogue, load the model and indexes, start the poller and worker (blocking)."""
     url = settings.resolved_database_url
     settings.data_home.mkdir(parents=True, exist_ok=True)
-    migrate(url)
-    engine = make_engine(url)
-    session_factory = make_session_factory(engine)
+    db = open_database(url)
+    engine, session_factory = db.engine, db.session_factory
     search = SearchService(settings, session_factory, metrics, encoder_loader=encoder_loader)
     search.load(force=True)
     search.refresh()
@@ -128,10 +127,15 @@ def _start(settings: Settings, metrics: Metrics, encoder_loader: Callable[[str, 
         def switch_indexes() -> None:
             search.refresh()
 
+        def encoder_ready() -> str | None:  # no job is claimed while the encoder is missing
+            search.load()
+            return None if search.encoder_loaded else search.encoder_error or "the encoder is not loaded yet"
+
         worker = Worker(
             settings,
             session_factory,
             lambda: search.encoder,
+            encoder_ready=encoder_ready,
             text_encoder_provider=search.text_encoder if settings.text_model else None,
             on_published=switch_indexes,
         )

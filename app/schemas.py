@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from indexer.vocabulary import JobKind, JobState
+
 if TYPE_CHECKING:
     from indexer.catalogue import Article, Figure, Job
 
@@ -218,8 +220,6 @@ class JobAccepted(BaseModel):
     status_url: str
 
 
-JobState = Literal["queued", "running", "done", "failed"]
-
 
 class JobOut(BaseModel):
     """A re-index job: its state, current stage, progress (0..1), counts and errors."""
@@ -242,8 +242,8 @@ class JobOut(BaseModel):
         }
     )
     id: int
-    kind: str
-    state: str
+    kind: JobKind
+    state: JobState
     stage: str | None = None
     progress: float
     counts: dict[str, Any]

@@ -19,7 +19,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.synthetic import MixtureSpec, embedding_mixture
-from indexer.catalogue import Article, Embedding, Figure, make_engine, make_session_factory, migrate
+from indexer.catalogue import Article, Embedding, Figure, open_database
 from indexer.publish import IndexStore
 from indexer.vector_index import AnnSpec, VectorIndex, exact_neighbours, tune_nprobe
 
@@ -66,9 +66,7 @@ def query_texts(shared_data: Path, n: int, seed: int = 0) -> list[str]:
 def open_catalogue(data_home: Path) -> sessionmaker[Session]:
     """Migrate and open the SQLite catalogue of ``data_home``."""
     data_home.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{data_home / 'catalogue.db'}"
-    migrate(url)
-    return make_session_factory(make_engine(url))
+    return open_database(f"sqlite:///{data_home / 'catalogue.db'}").session_factory
 
 
 def populate(session_factory: sessionmaker[Session], n: int, texts: list[str], *, prefix: str = "bench") -> np.ndarray:

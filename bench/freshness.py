@@ -2,7 +2,7 @@
 
 The service (tiny encoder, in-process re-index worker, default settings otherwise) runs over a data
 home that already holds ``--figures`` figures (default 20,000) with stored embeddings and published
-indexes (built by the real ``update_indexes``). One PMC-style package (``.tar.gz``: a JATS article
+indexes (published by the re-index pipeline's publish stages). One PMC-style package (``.tar.gz``: a JATS article
 with 1,000 ``<fig>`` elements and their JPEGs, real MedPix images and captions) is sent to
 ``POST /api/articles``. From the 202 answer, the clock runs until (a) ``/readyz`` counts the new
 image vectors in the live index, (b) an image query (``POST /api/search/image``, mode=image)
@@ -29,7 +29,8 @@ from PIL import Image
 from bench.datahome import open_catalogue, populate, query_texts, store_embeddings, vectors
 from bench.models import ensure_model
 from bench.server import Server
-from indexer.index_update import update_indexes
+from indexer.pipeline import Catalogue, Encoders, ReindexOptions, reindex
+from indexer.vocabulary import Stage
 
 TARGET_S = 10.0
 API_KEY = "bench-key"
@@ -98,7 +99,6 @@ def run_stage(args: Any, log: Any = print) -> dict[str, Any]:
     model_dir = ensure_model("biomedclip-tiny", args.models_dir)
     enc = load_encoder(f"local-dir:{model_dir}", "cpu")
     model_id, dim = enc.model_id, enc.dim
-    del enc
     with tempfile.TemporaryDirectory(prefix="bench-fresh-", dir=args.work_dir) as tmp:
         home = Path(tmp) / "home"
         factory = open_catalogue(home)
@@ -106,14 +106,22 @@ def run_stage(args: Any, log: Any = print) -> dict[str, Any]:
         ids = populate(factory, n_base, query_texts(args.shared_data, 2000, seed=3))
         store_embeddings(factory, model_id, ids, vectors(n_base, dim, seed=1), "image")
         store_embeddings(factory, model_id, ids, vectors(n_base, dim, seed=2), "caption")
-        report = update_indexes(factory, home / "indexes", model_id, progress=False)
         # the default hybrid caption channel (MiniLM) is in step with the base too, as in service:
         # a job then encodes only the new figures' captions with it
-        from training.sentence_encoder import MINILM_MODEL_ID
+        from training.sentence_encoder import MINILM_MODEL_ID, load_sentence_encoder
 
         store_embeddings(factory, MINILM_MODEL_ID, ids, vectors(n_base, 384, seed=4), "caption")
-        update_indexes(factory, home / "indexes", MINILM_MODEL_ID, progress=False)
-        log(f"freshness: base of {n_base} figures ready in {time.perf_counter() - t:.1f}s: {report.summary()}")
+        # the pipeline's publish stages over those stored vectors (no ingestion, nothing to encode):
+        # the CLIP indexes, then the caption channel's
+        base = reindex(
+            None,
+            Catalogue(factory, home, home / "indexes"),
+            Encoders(lambda clip=enc: clip, lambda: load_sentence_encoder("minilm", device="cpu")),
+            ReindexOptions(publish_images_first=False, skip=frozenset({Stage.EMBED}), progress=False),
+        )
+        del enc
+        log(f"freshness: base of {n_base} figures ready in {time.perf_counter() - t:.1f}s: "
+            f"{base.publications[0].summary()}")
         package = make_package(Path(tmp), _medpix(args.shared_data, n_new))
         settings = {"data_home": str(home), "model": f"local-dir:{model_dir}", "device": "cpu",
                     "run_worker": True, "api_key": API_KEY}

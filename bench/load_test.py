@@ -124,10 +124,9 @@ def ensure_encoder(data_home: Path, model: str | None) -> str:
 def build_home(data_home: Path, model: str | None) -> tuple[str, list[Path]]:
     """Encoder + catalogue + indexes in ``data_home``; returns (model spec, packages held back)."""
     from app.config import Settings
-    from indexer.catalogue import make_engine, make_session_factory, migrate
-    from indexer.embeddings import embed_pending
-    from indexer.index_update import update_indexes
-    from indexer.ingest import ingest_paths
+    from app.reindex import catalogue, reindex_options
+    from indexer.catalogue import open_database
+    from indexer.pipeline import Encoders, reindex
     from training.encoders import load_encoder
 
     data_home.mkdir(parents=True, exist_ok=True)
@@ -138,18 +137,13 @@ def build_home(data_home: Path, model: str | None) -> tuple[str, list[Path]]:
         packages = synthetic_packages(data_home.parent / f"{data_home.name}-packages", 12)
     now, later = packages[:-HOLD_BACK], packages[-HOLD_BACK:]
     settings = Settings(_env_file=None, data_home=data_home, model=spec, device="cpu")  # type: ignore[call-arg]
-    url = settings.resolved_database_url
-    migrate(url)
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
-    report = ingest_paths(now, factory, data_home, limits=settings.ingest_limits(), progress=False)
-    _log(report.summary())
-    encoder = load_encoder(spec, device="cpu")
-    embed_pending(factory, encoder, data_home, batch_size=32, progress=False)
-    options = settings.index_options()
-    idx = update_indexes(factory, settings.index_dir, encoder.model_id, options=options, progress=False)
-    _log(idx.summary())
-    engine.dispose()
+    with open_database(settings.resolved_database_url) as db:
+        encoder = load_encoder(spec, device="cpu")
+        # the same pipeline as a re-index job, built in one publication (no caption channel)
+        options = reindex_options(settings, batch_size=32, publish_images_first=False, progress=False)
+        report = reindex(now, catalogue(settings, db.session_factory), Encoders(lambda: encoder), options)
+    for line in report.summaries():
+        _log(line)
     return spec, later
 
 

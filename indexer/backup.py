@@ -488,11 +488,12 @@ def _rebase_job_paths(database_url: str, old_home: str | None, new_home: Path) -
     from sqlalchemy.orm import Session
 
     from indexer.catalogue import Job
+    from indexer.vocabulary import JobState
 
     engine = sa.create_engine(database_url)
     try:
         with Session(engine) as session, session.begin():
-            for job in session.scalars(sa.select(Job).where(Job.state.in_(("queued", "running")))):
+            for job in session.scalars(sa.select(Job).where(Job.state.in_(JobState.live()))):
                 paths = job.payload.get("paths") if isinstance(job.payload, dict) else None
                 if not paths:
                     continue

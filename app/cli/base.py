@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
 
 from app.config import Settings
+
+if TYPE_CHECKING:
+    from indexer.catalogue import Database
 
 cli = typer.Typer(
     name="biomedsearch",
@@ -30,6 +33,18 @@ def load_settings(**overrides: object) -> Settings:
     settings = Settings(**given)  # type: ignore[arg-type]
     settings.apply_torch_threads()
     return settings
+
+
+def open_catalogue(settings: Settings, *, migrate: bool = True) -> Database:
+    """The catalogue database of ``settings`` (brought to the newest schema unless ``migrate`` is
+    False); exits with one clear line when it cannot be opened."""
+    from indexer.catalogue import open_database
+
+    url = settings.resolved_database_url
+    try:
+        return open_database(url, migrate_schema=migrate)
+    except Exception as exc:  # any driver / connection / migration failure: report it, no traceback
+        fail(f"cannot open the catalogue at {url}: {exc}")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

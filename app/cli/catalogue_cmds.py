@@ -7,29 +7,23 @@ from pathlib import Path
 
 import typer
 
-from app.cli.base import cli, console, fail, load_settings
+from app.cli.base import cli, console, fail, load_settings, open_catalogue
 from app.config import Settings
-from indexer.catalogue import make_engine, make_session_factory, migrate
 from indexer.ingest import IngestReport, ingest_paths
 from indexer.packages import PackageError
 from indexer.pmc_client import PmcError, fetch_packages
 
 
 def _run_ingest(settings: Settings, paths: list[Path], progress: bool, verbose: bool) -> IngestReport:
-    url = settings.resolved_database_url
     try:
-        migrate(url)
-        engine = make_engine(url)
-        try:
+        with open_catalogue(settings) as db:
             report = ingest_paths(
                 paths,
-                make_session_factory(engine),
+                db.session_factory,
                 settings.data_home,
                 limits=settings.ingest_limits(),
                 progress=progress,
             )
-        finally:
-            engine.dispose()
     except PackageError as exc:
         fail(str(exc))
     shown = report.skipped if verbose else report.skipped[:20]

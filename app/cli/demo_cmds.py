@@ -33,6 +33,7 @@ def demo(
     """Set up a searchable demo (ingest, encoder, indexes) and serve the UI and API."""
     from app.demo import DemoError, prepare
     from indexer.packages import PackageError
+    from indexer.pipeline import ReindexError
     from training.errors import TrainingError
 
     setup_logging()
@@ -40,7 +41,7 @@ def demo(
     started = time.perf_counter()
     try:
         result = prepare(settings, corpus, search_from=Path.cwd(), progress=progress)
-    except (DemoError, PackageError, TrainingError) as exc:
+    except (DemoError, PackageError, ReindexError, TrainingError) as exc:
         fail(str(exc))
     for line in result.steps:
         console.print(line)

@@ -14,21 +14,9 @@ from typing import Any
 
 import typer
 from sqlalchemy import select, union
-from sqlalchemy.orm import Session, sessionmaker
 
-from app.cli.base import cli, console, fail, load_settings, setup_logging
+from app.cli.base import cli, console, fail, load_settings, open_catalogue, setup_logging
 from app.config import Settings
-
-
-def _session_factory(settings: Settings) -> sessionmaker[Session]:
-    from indexer.catalogue import make_engine, make_session_factory, migrate
-
-    url = settings.resolved_database_url
-    try:
-        migrate(url)
-    except Exception as exc:  # any driver / connection failure: report it, no traceback
-        fail(f"cannot open the catalogue at {url}: {exc}")
-    return make_session_factory(make_engine(url))
 
 
 def _load_encoder(spec: str, device: str, precision: str = "auto") -> Any:
@@ -76,50 +64,42 @@ def index_cmd(
         fail(f"no encoder: pass --model SPEC or export one under {settings.models_dir}")
     if rank >= world_size:
         fail(f"--rank {rank} must be below --world-size {world_size}")
-    from indexer.embeddings import embed_pending
-    from indexer.index_update import update_indexes
+    from app.reindex import catalogue, reindex_options
+    from indexer.pipeline import Encoders, reindex
+    from indexer.vocabulary import Stage
 
     dev = settings.device
     if world_size > 1 and dev in ("auto", "cuda"):
         import torch
 
         dev = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    factory = _session_factory(settings)
+    factory = open_catalogue(settings).session_factory
     encoder = _load_encoder(spec, dev, settings.encoder_precision)
-    if not no_embed:
-        report = embed_pending(
-            factory,
-            encoder,
-            settings.data_home,
-            batch_size=settings.encode_batch_size,
-            workers=workers,
-            rank=rank,
-            world_size=world_size,
-        )
-        console.print(report.summary())
-    if world_size > 1:
-        import datetime as dt
+    options = reindex_options(
+        settings,
+        rebuild=rebuild,
+        publish_images_first=False,  # a batch build: one publication once every vector is stored
+        workers=workers,
+        rank=rank,
+        world_size=world_size,
+        barrier=_barrier if world_size > 1 else None,
+        skip=frozenset({Stage.EMBED}) if no_embed else frozenset(),
+    )
+    encoders = Encoders(lambda: encoder, (lambda: _load_text_model(settings)) if settings.text_model else None)
+    report = reindex(None, catalogue(settings, factory), encoders, options)
+    for line in report.summaries():
+        console.print(line)
 
-        import torch.distributed as dist
 
-        # gloo: a CPU barrier that works on every host; ranks wait for the slowest shard.
-        dist.init_process_group("gloo", timeout=dt.timedelta(hours=12))
-        dist.barrier()
-        dist.destroy_process_group()
-        if rank != 0:
-            return
-    options = settings.index_options(rebuild=rebuild)
-    result = update_indexes(factory, settings.index_dir, encoder.model_id, options=options)
-    console.print(result.summary())
-    if settings.text_model:  # the caption channel's sentence encoder of hybrid search
-        from indexer.caption_embeddings import index_captions
+def _barrier() -> None:
+    """Wait for every rank of a ``torchrun`` launch (gloo: a CPU barrier that works on every host)."""
+    import datetime as dt
 
-        text_encoder = _load_text_model(settings)
-        captions, caption_index = index_captions(
-            factory, text_encoder, settings.index_dir, options=options, batch_size=settings.encode_batch_size
-        )
-        console.print(captions.summary())
-        console.print(caption_index.summary())
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=dt.timedelta(hours=12))
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 @cli.command("check")
@@ -135,7 +115,7 @@ def check_cmd(
     from indexer.catalogue import Embedding, IndexVersion
     from indexer.index_update import check_indexes
 
-    factory = _session_factory(settings)
+    factory = open_catalogue(settings).session_factory
     if model is not None:
         model_ids = [_load_encoder(model, "cpu").model_id]
     else:

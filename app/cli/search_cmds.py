@@ -12,8 +12,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from app.cli.base import cli, console, fail, load_settings, setup_logging
-from app.cli.index_cmds import _load_encoder, _load_text_model, _session_factory
+from app.cli.base import cli, console, fail, load_settings, open_catalogue, setup_logging
+from app.cli.index_cmds import _load_encoder, _load_text_model
 from app.config import Settings
 from app.ranking import ChannelSearch, FusionWeights, dense_channel, lexical_channel
 
@@ -99,7 +99,7 @@ def eval_search_cmd(
             raws.append((path, read_query_set(path)))
         except QuerySetError as exc:
             fail(str(exc))
-    factory = _session_factory(settings)
+    factory = open_catalogue(settings).session_factory
     channels = build_channels(settings, factory, set(modes))
     weights = FusionWeights.from_settings(settings)
     runs = []
@@ -143,7 +143,7 @@ def index_captions_cmd(
     settings = load_settings(text_model=text_model)
     if not settings.text_model:
         fail("no sentence encoder: BIOMEDSEARCH_TEXT_MODEL is empty; pass --text-model minilm or a model folder")
-    factory = _session_factory(settings)
+    factory = open_catalogue(settings).session_factory
     encoder = _load_text_model(settings)
     report, index_report = index_captions(
         factory, encoder, settings.index_dir, options=settings.index_options(), batch_size=batch_size

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.base import cli, console, fail, load_settings, setup_logging
+from app.cli.base import cli, console, fail, load_settings, open_catalogue, setup_logging
 
 
 @cli.command()
@@ -49,31 +49,18 @@ def worker(
     once: Annotated[bool, typer.Option("--once", help="Run the queued jobs, then exit.")] = False,
 ) -> None:
     """Run re-index jobs from the job table (the same loop the API runs in-process)."""
-    from app.jobs import Worker, job_counts
-    from indexer.catalogue import make_engine, make_session_factory, migrate
+    from app.jobs import LazyEncoder, Worker, job_counts
     from training.encoders import load_encoder
 
     setup_logging()
     settings = load_settings(data_home=data_home, model=model)
-    url = settings.resolved_database_url
-    try:
-        migrate(url)
-    except Exception as exc:
-        fail(f"cannot open the catalogue at {url}: {exc}")
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
-    loaded: list[object] = []
-
-    def encoder() -> object:
-        if not loaded:
-            spec = settings.default_model_spec()
-            if spec is None:
-                raise ValueError(
-                    f"no encoder configured: set BIOMEDSEARCH_MODEL or export one under {settings.models_dir}"
-                )
-            loaded.append(load_encoder(spec, device=settings.device, precision=settings.encoder_precision))
-        return loaded[0]
-
+    db = open_catalogue(settings)
+    factory = db.session_factory
+    encoder = LazyEncoder(
+        settings.default_model_spec,
+        lambda spec: load_encoder(spec, device=settings.device, precision=settings.encoder_precision),
+        missing=f"no encoder configured: set BIOMEDSEARCH_MODEL or export one under {settings.models_dir}",
+    )
     text_loaded: list[object] = []
 
     def text_encoder() -> object:
@@ -85,9 +72,14 @@ def worker(
         return text_loaded[0]
 
     loop = Worker(
-        settings, factory, encoder, text_encoder_provider=text_encoder if settings.text_model else None, progress=True
+        settings,
+        factory,
+        encoder,
+        encoder_ready=encoder.ready,
+        text_encoder_provider=text_encoder if settings.text_model else None,
+        progress=True,
     )
-    console.print(f"worker {loop.worker_id} on {url}")
+    console.print(f"worker {loop.worker_id} on {db.url}")
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         console.print("stopping after the current job")
@@ -104,8 +96,10 @@ def worker(
             loop.run_forever()
     finally:
         counts = job_counts(factory)
-        engine.dispose()
+        db.dispose()
     console.print(
         f"worker done: {ran if once else 'loop'} job(s) run; queue: "
         + ", ".join(f"{n} {state}" for state, n in counts.items())
     )
+    if loop.waiting:  # --once with jobs left queued for want of an encoder
+        fail(loop.waiting, code=1)

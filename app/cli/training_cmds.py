@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.base import cli, console, fail, load_settings, setup_logging
+from app.cli.base import cli, console, fail, load_settings, open_catalogue, setup_logging
 from training.fsio import write_atomic
 
 
@@ -19,16 +19,12 @@ def _write_json(obj: object, path: Path) -> None:
 
 def _catalogue_manifest(out: Path) -> Path:
     """Export the catalogue's figure/caption pairs (figures with images) to a JSONL manifest."""
-    from indexer.catalogue import make_engine, make_session_factory
     from indexer.pairs_export import export_pairs
 
     settings = load_settings()
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        if export_pairs(make_session_factory(engine), settings.data_home, out) == 0:
+    with open_catalogue(settings, migrate=False) as db:
+        if export_pairs(db.session_factory, settings.data_home, out) == 0:
             fail("the catalogue has no figures with images")
-    finally:
-        engine.dispose()
     return out
 
 

@@ -145,6 +145,67 @@ def test_a_failing_job_records_its_stage_and_reason(db_url: str, tmp_path: Path,
         assert job.finished_at is not None
 
 
+def test_a_worker_without_an_encoder_claims_nothing_and_says_why(tmp_path: Path, factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17: an encoder still loading (or none configured) must not fail embed work; the job
+    stays queued with no attempt spent, and is run once the encoder is there."""
+    settings = make_settings(tmp_path / "home")
+    jid = enqueue(factory, "ingest", {"paths": [str(tmp_path / "home" / "uploads" / "x" / "gone.tar.gz")]})
+    reason: list[str | None] = ["the encoder is still loading"]
+
+    def encoder() -> object:
+        raise AssertionError("no job may reach its embed stage")
+
+    worker = Worker(settings, factory, encoder, encoder_ready=lambda: reason[0])
+    for _ in range(3):
+        assert worker.run_once() is None
+    with factory() as s:
+        job = s.get(Job, jid)
+        assert job is not None and job.state == "queued" and job.attempts == 0 and job.worker is None
+        assert job.errors == [] and job.stage is None
+    assert worker.waiting == "1 queued job(s) wait for the encoder: the encoder is still loading"
+
+    reason[0] = None  # loaded: the job is claimed (and fails in ingest: its upload is gone)
+    assert worker.run_once() == jid
+    assert worker.waiting is None
+    with factory() as s:
+        job = s.get(Job, jid)
+        assert job is not None and job.state == "failed" and job.stage == "ingest" and job.attempts == 1
+
+
+def test_the_service_without_a_model_keeps_uploads_queued_and_readyz_says_why(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """The API's own worker with no encoder (none configured, none exported): the upload is
+    accepted and stays queued; ``/readyz`` names the missing encoder and the waiting job."""
+    import time
+
+    from app_fixtures import API_KEY
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = make_settings(tmp_path / "home", run_worker=True, worker_poll_s=0.05)
+    package = shared_data / "jats" / "packages" / "elife-00353.tar.gz"
+    with TestClient(create_app(settings)) as client:
+        resp = client.post(
+            "/api/articles", files={"file": (package.name, package.read_bytes())}, headers={"X-API-Key": API_KEY}
+        )
+        assert resp.status_code == 202, resp.text
+        deadline = time.monotonic() + 30
+        while True:  # the worker polls several times; each time it must leave the job alone
+            ready = client.get("/readyz")
+            reasons = ready.json()["reasons"]
+            if any("wait for the encoder" in r for r in reasons) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        job = client.get(resp.json()["status_url"]).json()
+    assert ready.status_code == 503
+    assert any(r.startswith("no encoder configured") for r in reasons), reasons
+    assert "1 queued job(s) wait for the encoder: no encoder configured" in " ".join(reasons), reasons
+    assert job["state"] == "queued" and job["attempts"] == 0 and job["errors"] == [], job
+
+
 def test_sweep_removes_only_old_unreferenced_leftovers(factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import os
     import time

@@ -23,6 +23,7 @@ from app.middleware import ApiError, clean_validation_errors
 from app.schemas import ArticleOut, ErrorResponse, FetchRequest, JobAccepted, article_ref, figure_out
 from app.uploads import UploadError, inspect_package, save_upload
 from indexer.catalogue import Article
+from indexer.vocabulary import JobKind
 
 router = APIRouter(prefix="/api/articles", tags=["articles"], responses=ERRORS)
 
@@ -91,9 +92,9 @@ async def add_articles(request: Request, response: Response, services: ServicesD
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     settings = services.settings
     if content_type == "multipart/form-data":
-        kind, payload = "ingest", await _store_upload(request, settings)
+        kind, payload = JobKind.INGEST, await _store_upload(request, settings)
     elif content_type == "application/json":
-        kind, payload = "fetch", await _pmcids(request)
+        kind, payload = JobKind.FETCH, await _pmcids(request)
     else:
         raise ApiError(415, 'send multipart/form-data with a `file`, or JSON {"pmcids": [...]}')
     try:

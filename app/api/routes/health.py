@@ -29,6 +29,8 @@ async def readyz(services: ServicesDep) -> Response:
     """200 when searches can be answered with results, else 503 with the reasons."""
     search = services.search
     ready, reasons = await run_in_threadpool(search.readiness)
+    if services.worker is not None and services.worker.waiting:  # jobs held back: no encoder
+        reasons.append(services.worker.waiting)
     body = Readiness(
         ready=ready,
         model_id=search.encoder.model_id if search.encoder_loaded else None,

@@ -11,8 +11,9 @@ from sqlalchemy import func, select
 from app.api.deps import SessionDep
 from app.api.routes._common import ERRORS, MAX_ID
 from app.middleware import ApiError
-from app.schemas import JobList, JobOut, JobState, job_out
+from app.schemas import JobList, JobOut, job_out
 from indexer.catalogue import Job
+from indexer.vocabulary import JobState
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)
 
