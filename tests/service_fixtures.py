@@ -15,28 +15,19 @@ from app.config import Settings
 
 def build_home(settings: Settings, packages: Sequence[Path], encoder: Any | None) -> None:
     """Ingest ``packages`` into the catalogue of ``settings``; with an ``encoder``, embed every
-    figure and publish the indexes too (asserts every package yields an article)."""
-    from indexer.catalogue import make_engine, make_session_factory, migrate
-    from indexer.embeddings import embed_pending
-    from indexer.index_update import update_indexes
-    from indexer.ingest import ingest_paths
+    figure and publish the indexes too (asserts every package yields an article). The re-index
+    pipeline builds it, as ``biomedsearch index`` does (one publication, no caption channel)."""
+    from app.reindex import catalogue, reindex_options
+    from indexer.catalogue import open_database
+    from indexer.pipeline import Encoders, reindex
+    from indexer.vocabulary import Stage
 
-    home = settings.data_home
-    home.mkdir(parents=True, exist_ok=True)
-    url = settings.resolved_database_url
-    migrate(url)
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
-    try:
-        report = ingest_paths(list(packages), factory, home, limits=settings.ingest_limits(), progress=False)
-        assert len(report.article_ids) == len(packages), report.summary()
-        if encoder is not None:
-            embed_pending(factory, encoder, home, batch_size=16, progress=False)
-            update_indexes(
-                factory, settings.index_dir, encoder.model_id, options=settings.index_options(), progress=False
-            )
-    finally:
-        engine.dispose()
+    settings.data_home.mkdir(parents=True, exist_ok=True)
+    skip = frozenset() if encoder is not None else frozenset(Stage) - {Stage.INGEST}
+    options = reindex_options(settings, batch_size=16, publish_images_first=False, skip=skip, progress=False)
+    with open_database(settings.resolved_database_url) as db:
+        report = reindex(list(packages), catalogue(settings, db.session_factory), Encoders(lambda: encoder), options)
+    assert report.ingest is not None and len(report.ingest.article_ids) == len(packages), report.summaries()
 
 
 @contextmanager
