@@ -65,11 +65,15 @@ class Settings(BaseSettings):
     max_member_bytes: int = Field(512 * 1024**2, ge=1, description="Largest single archive member.")
     thumbnail_size: int = Field(320, ge=32, le=2048, description="Longest side of the stored thumbnails (px).")
 
-    # --- PMC OA client -----------------------------------------------------------------------------
-    pmc_oa_url: str = Field(
-        "https://www.ncbi.nlm.nih.gov/pmc/utils/oa/oa.fcgi", description="NCBI PMC OA web service (`fetch`)."
+    # --- PMC Cloud Service client ---------------------------------------------------------------------
+    pmc_cloud_url: str = Field(
+        "https://pmc-oa-opendata.s3.amazonaws.com",
+        description="PMC Cloud Service bucket (`fetch`, PMCIDs given to the API): read anonymously over "
+        "HTTPS; only this host is contacted.",
     )
-    pmc_requests_per_second: float = Field(3.0, gt=0, le=10, description="Polite rate limit towards NCBI.")
+    pmc_requests_per_second: float = Field(
+        3.0, gt=0, le=10, description="Polite rate limit towards the PMC Cloud Service (requests/s)."
+    )
     pmc_retries: int = Field(5, ge=0, le=20, description="Retries per PMC request (exponential backoff).")
     pmc_timeout_s: float = Field(60.0, gt=0, description="Timeout per PMC request (s).")
 
@@ -152,7 +156,7 @@ class Settings(BaseSettings):
 
     @property
     def downloads_dir(self) -> Path:
-        """Where fetched PMC packages land (``<data_home>/downloads``)."""
+        """Where fetched PMC article versions land (``<data_home>/downloads``)."""
         return self.data_home / "downloads"
 
     def default_model_spec(self) -> str | None:

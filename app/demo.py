@@ -196,38 +196,32 @@ def choose_model(
 
 
 def fetch_corpus(settings: Settings, *, progress: bool = True) -> list[Path]:
-    """Download up to ``FETCH_LIMIT`` recently updated PMC OA packages (no local corpus).
+    """Download up to ``FETCH_LIMIT`` article versions changed in the last ``FETCH_SINCE_DAYS``
+    days from the PMC Cloud Service (no local corpus), through its newest inventory.
 
-    Returns the package paths; articles that fail to download are logged and skipped.
-    Raises DemoError when the OA service cannot be reached at all.
+    Returns the article folders; versions that fail to download are logged and skipped.
+    Raises DemoError when the service cannot be reached at all.
     """
     import datetime as dt
-    import itertools
 
-    from tqdm import tqdm
-
-    from indexer.pmc_client import PmcClient, PmcError
+    from indexer.pmc_client import HttpOptions, PmcError
+    from indexer.pmc_cloud import PmcCloud
+    from indexer.pmc_fetch import fetch_inventory
 
     since = dt.date.today() - dt.timedelta(days=FETCH_SINCE_DAYS)
-    paths: list[Path] = []
+    options = HttpOptions(settings.pmc_requests_per_second, settings.pmc_retries, settings.pmc_timeout_s)
     try:
-        with PmcClient(
-            settings.pmc_oa_url,
-            requests_per_second=settings.pmc_requests_per_second,
-            retries=settings.pmc_retries,
-            timeout_s=settings.pmc_timeout_s,
-        ) as client:
-            records = list(itertools.islice(client.updated_since(since), FETCH_LIMIT))
-            for record in tqdm(records, desc="fetch", unit="article", disable=not progress):
-                try:
-                    paths.append(client.download(record, settings.downloads_dir))
-                except PmcError as exc:
-                    log.warning("not fetched: %s", exc)
+        with PmcCloud(base_url=settings.pmc_cloud_url, options=options) as cloud:
+            report = fetch_inventory(
+                cloud, None, settings.downloads_dir, since=since, limit=FETCH_LIMIT, progress=progress
+            )
     except PmcError as exc:
         raise DemoError(
-            f"no local corpus and PMC OA is unreachable ({exc}); pass --corpus DIR with article packages"
+            f"no local corpus and the PMC Cloud Service is unreachable ({exc}); pass --corpus DIR with article packages"
         ) from exc
-    return paths
+    for ident, message in report.errors:
+        log.warning("not fetched: %s: %s", ident, message)
+    return report.paths
 
 
 def prepare(

@@ -33,10 +33,19 @@ class JobError(Exception):
     """A job stage failed in a way the job record should state (no traceback needed)."""
 
 
-def fetch_stage(settings: Settings, pmcids: list[str], errors: list[Any], *, progress: bool) -> list[Path]:
-    """Stage ``fetch``: download the PMCIDs' packages; each one that fails is an entry in ``errors``.
+def fetch_stage(
+    settings: Settings,
+    pmcids: list[str],
+    errors: list[Any],
+    *,
+    progress: bool,
+    session_factory: sessionmaker[Session] | None = None,
+) -> list[Path]:
+    """Stage ``fetch``: download the PMCIDs' article versions from the PMC Cloud Service; each one
+    that fails (or is retracted: withdrawn from the catalogue given ``session_factory``) is an entry
+    in ``errors``.
 
-    Returns the package paths; raises JobError when none could be fetched."""
+    Returns the article folders; raises JobError when none could be fetched."""
     from indexer.pmc_client import fetch_packages
 
     def on_error(pmcid: str, message: str) -> None:
@@ -45,11 +54,12 @@ def fetch_stage(settings: Settings, pmcids: list[str], errors: list[Any], *, pro
     paths = fetch_packages(
         pmcids,
         dest_dir=settings.downloads_dir,
-        base_url=settings.pmc_oa_url,
+        base_url=settings.pmc_cloud_url,
         requests_per_second=settings.pmc_requests_per_second,
         retries=settings.pmc_retries,
         timeout_s=settings.pmc_timeout_s,
-        max_download_bytes=settings.max_archive_bytes,
+        max_download_bytes=settings.max_member_bytes,
+        session_factory=session_factory,
         on_error=on_error,
         progress=progress,
     )
@@ -119,7 +129,8 @@ class JobRun:
             started = time.perf_counter()
             try:
                 pmcids = [str(p) for p in self.job.payload.get("pmcids", [])]
-                paths = fetch_stage(self.settings, pmcids, self.errors, progress=self.progress)
+                paths = fetch_stage(self.settings, pmcids, self.errors, progress=self.progress,
+                                    session_factory=self.session_factory)
             finally:
                 self.seconds[Stage.FETCH.value] = round(time.perf_counter() - started, 3)
             self.counts["fetched"] = len(paths)

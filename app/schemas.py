@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 MAX_K = 100
 MAX_DEPTH = 1000  # offset + k
 MAX_PMCIDS = 100
-PMCID_RE = re.compile(r"^(?:PMC)?(\d{1,12})$", re.IGNORECASE)
+PMCID_RE = re.compile(r"^(?:PMC)?(\d{1,12})(?:\.(\d{1,4}))?$", re.IGNORECASE)  # PMC123 or PMC123.VERSION
 
 
 class ErrorDetail(BaseModel):
@@ -191,7 +191,8 @@ class ArticleOut(ArticleRef):
 
 
 class FetchRequest(BaseModel):
-    """Add articles by PMCID: the worker fetches their PMC Open Access packages."""
+    """Add articles by PMCID (``PMC123``: the latest version, ``PMC123.2``: that version): the worker
+    fetches them from the PMC Cloud Service."""
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"pmcids": ["PMC3166277", "PMC2599765"]}]}
@@ -205,8 +206,8 @@ class FetchRequest(BaseModel):
         for raw in value:
             match = PMCID_RE.match(raw.strip())
             if not match:
-                raise ValueError(f"not a PMCID: {raw[:40]!r} (expected PMC followed by digits)")
-            pmcid = f"PMC{int(match.group(1))}"
+                raise ValueError(f"not a PMCID: {raw[:40]!r} (expected PMC followed by digits, optionally .VERSION)")
+            pmcid = f"PMC{int(match.group(1))}" + (f".{int(match.group(2))}" if match.group(2) else "")
             if pmcid not in out:
                 out.append(pmcid)
         return out

@@ -12,6 +12,8 @@ Tables:
 - ``embeddings``: one float32 vector per (figure, model, kind) where kind is ``image`` or ``caption``.
 - ``index_versions``: every published FAISS index version and what it holds.
 - ``jobs``: durable re-index jobs (the service's queue).
+- ``pmc_objects``: every PMC Cloud metadata object a fetch has seen (key, ETag, outcome), so an
+  incremental fetch only downloads what changed.
 """
 
 from __future__ import annotations
@@ -182,6 +184,26 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PmcObject(Base):
+    """A PMC Cloud Service metadata object (``metadata/PMC<n>.<v>.json``) a fetch has seen.
+
+    ``etag`` and ``status`` (:class:`indexer.vocabulary.PmcObjectStatus`) decide whether a later
+    inventory run fetches the version again: a settled status with the same ETag is skipped.
+    """
+
+    __tablename__ = "pmc_objects"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    etag: Mapped[str] = mapped_column(String(100))
+    pmcid: Mapped[str] = mapped_column(String(32), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    license_code: Mapped[str | None] = mapped_column(String(100))
+    last_modified: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    detail: Mapped[str | None] = mapped_column(Text)
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:

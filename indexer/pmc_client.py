@@ -1,72 +1,81 @@
-"""Client for NCBI's PMC Open Access web service (``oa.fcgi``) and its package downloads.
+"""The polite HTTP transport to the PMC Cloud Service bucket (the one module that speaks HTTP).
 
-- :meth:`PmcClient.lookup` asks ``oa.fcgi?id=PMCID`` for one article's record;
-- :meth:`PmcClient.updated_since` pages through ``oa.fcgi?from=DATE&format=tgz`` following the
-  ``<resumption><link href=... token=...>`` of each page;
-- :meth:`PmcClient.download` fetches a record's ``tgz`` package into a folder, resumably: bytes go
-  to ``<name>.part``, an interrupted download continues with an HTTP ``Range`` request, and the
-  finished file is renamed into place (a present final file is not fetched again).
+:class:`PmcHttp` reads objects of one S3 bucket anonymously over HTTP(S), from ``base_url`` (the
+bucket's URL: virtual-hosted ``https://pmc-oa-opendata.s3.amazonaws.com`` or path-style
+``http://host:port/pmc-oa-opendata``):
 
-Every request is rate limited (``requests_per_second``) and retried with exponential backoff on
-connection errors, timeouts, 429 and 5xx. ``ftp://ftp.ncbi.nlm.nih.gov/`` hrefs (what the real
-service returns) are fetched over ``https://ftp.ncbi.nlm.nih.gov/``; relative hrefs resolve
-against the service URL. The module never reads the environment: the CLI passes the settings.
+- every request is rate limited (``requests_per_second``) and retried with exponential backoff on
+  connection errors, timeouts, 429 and 5xx;
+- only the configured origin is ever contacted: a redirect is followed only when it stays on the
+  same scheme, host and port, and a redirect anywhere else is refused (:class:`PmcError`);
+- sizes are bounded: small objects (JSON, XML listings, inventory files) are read into memory up
+  to ``max_small_bytes``; downloads stop at ``max_download_bytes``;
+- :meth:`PmcHttp.download` is resumable and atomic: bytes go to ``<name>.part`` (an interrupted
+  transfer continues with an HTTP ``Range`` request), the finished file is checked against the md5
+  the caller names (a mismatch deletes it and raises :class:`ChecksumMismatch`), fsynced and only
+  then renamed to its final name.
+
+:func:`fetch_packages` is what the re-index job's ``fetch`` stage calls: it resolves PMCIDs
+through :mod:`indexer.pmc_fetch` and returns verified article folders to ingest. NCBI's OA web
+service (``oa.fcgi``) and its ``.tar.gz`` packages were retired in August 2026; this module no
+longer talks to them (legacy packages users already hold are still ingested by ``ingest``).
+The module never reads the environment: the CLI and the app pass the settings.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import re
+import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlparse
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
 
 import httpx
-from lxml import etree
 
 from training.fsio import fsync_dir, fsync_file
 
-_FTP_PREFIX = "ftp://ftp.ncbi.nlm.nih.gov/"
-_HTTPS_PREFIX = "https://ftp.ncbi.nlm.nih.gov/"
-_PMCID = re.compile(r"^(?:PMC)?(\d{1,12})$", re.I)
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_REDIRECTS = {301, 302, 303, 307, 308}
+_MAX_REDIRECTS = 5
+_CHUNK = 1024 * 1024
 
 
 class PmcError(RuntimeError):
-    """The OA service refused or failed a request (the message says which and why)."""
+    """The PMC Cloud Service refused or failed a request, or answered something unusable."""
+
+
+class NotFound(PmcError):
+    """The object (or article version) does not exist in the bucket (HTTP 404)."""
+
+
+class ChecksumMismatch(PmcError):
+    """A downloaded file's md5 differs from the md5 its metadata names (the file was refused)."""
 
 
 @dataclass(frozen=True)
-class OaRecord:
-    """One ``<record>`` of the OA service: an article and its downloadable files by format."""
+class HttpOptions:
+    """Politeness and bounds of the client (the CLI fills them from Settings).
 
-    pmcid: str
-    citation: str | None = None
-    license: str | None = None
-    retracted: bool = False
-    links: dict[str, str] = field(default_factory=dict)  # format ("tgz", "pdf") -> absolute URL
-    updated: str | None = None  # the tgz link's "updated" timestamp
+    requests_per_second: most requests started per second (all threads together).
+    retries: extra attempts per request after a retryable failure (exponential backoff).
+    timeout_s: connect / read timeout per request.
+    backoff_s: first backoff pause; doubled at each further attempt.
+    max_small_bytes: largest JSON / XML / inventory object read into memory.
+    max_download_bytes: largest file downloaded to disk.
+    """
 
-
-def normalise_pmcid(value: str) -> str:
-    """``"PMC123"`` / ``"pmc123"`` / ``"123"`` -> ``"PMC123"``; raises PmcError otherwise."""
-    m = _PMCID.match(value.strip())
-    if not m:
-        raise PmcError(f"{value!r} is not a PMCID (expected PMC followed by digits)")
-    return f"PMC{m.group(1)}"
-
-
-def resolve_href(href: str, base_url: str) -> str:
-    """Map NCBI's ftp:// hrefs to https:// and resolve relative hrefs against ``base_url``."""
-    if href.startswith(_FTP_PREFIX):
-        return _HTTPS_PREFIX + href[len(_FTP_PREFIX) :]
-    if href.startswith("ftp://"):
-        raise PmcError(f"unsupported ftp host in {href!r}")
-    return urljoin(base_url, href)
+    requests_per_second: float = 3.0
+    retries: int = 5
+    timeout_s: float = 60.0
+    backoff_s: float = 1.0
+    max_small_bytes: int = 64 * 1024**2
+    max_download_bytes: int = 512 * 1024**2
 
 
 class _RateLimiter:
@@ -84,245 +93,219 @@ class _RateLimiter:
             time.sleep(delay)
 
 
-def _parse_records(root: etree._Element, base_url: str) -> list[OaRecord]:
-    records = []
-    for rec in root.iter("record"):
-        links: dict[str, str] = {}
-        updated = None
-        for link in rec.iter("link"):
-            fmt, href = link.get("format"), link.get("href")
-            if fmt and href:
-                links[fmt] = resolve_href(href, base_url)
-                if fmt == "tgz":
-                    updated = link.get("updated")
-        records.append(
-            OaRecord(
-                pmcid=rec.get("id") or "",
-                citation=rec.get("citation"),
-                license=rec.get("license"),
-                retracted=(rec.get("retracted") or "no").lower() == "yes",
-                links=links,
-                updated=updated,
-            )
-        )
-    return records
+class _Retry(Exception):
+    """A transfer failed in a retryable way (retried, resuming from the part file)."""
 
 
-class PmcClient:
-    """A polite OA web service client (see the module docstring)."""
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        requests_per_second: float = 3.0,
-        retries: int = 5,
-        timeout_s: float = 60.0,
-        backoff_s: float = 1.0,
-        max_download_bytes: int = 2 * 1024**3,
-    ) -> None:
-        self.base_url = base_url
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.max_download_bytes = max_download_bytes
-        self._limiter = _RateLimiter(requests_per_second)
+
+def file_md5(path: Path) -> str:
+    """Hex md5 of a file's bytes."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class PmcHttp:
+    """Anonymous, polite, single-origin reader of one bucket (see the module docstring)."""
+
+    def __init__(self, base_url: str, options: HttpOptions | None = None) -> None:
+        if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).hostname:
+            raise PmcError(f"the PMC Cloud base URL {base_url!r} is not an http(s) URL")
+        self.base_url = base_url.rstrip("/")
+        self.options = options or HttpOptions()
+        self._origin = _origin(self.base_url)
+        self._limiter = _RateLimiter(self.options.requests_per_second)
         self._http = httpx.Client(
-            timeout=timeout_s,
-            follow_redirects=True,
-            headers={"User-Agent": "biomedsearch/0.1 (PMC OA client)"},
+            timeout=self.options.timeout_s,
+            follow_redirects=False,  # redirects are checked against the origin below
+            headers={"User-Agent": "biomedsearch/0.1 (PMC Cloud Service client)"},
         )
+        self.requests = 0  # requests sent (retries included)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._http.close()
 
-    def __enter__(self) -> PmcClient:
+    def __enter__(self) -> PmcHttp:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _with_retries(self, what: str, call: Callable[[], httpx.Response]) -> httpx.Response:
-        """Run ``call`` (one request) with rate limit and retries; return a non-retryable response."""
-        last: str = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+    def url(self, key: str) -> str:
+        """The HTTP URL of object ``key`` in the bucket."""
+        return f"{self.base_url}/{key.lstrip('/')}"
+
+    def _bucket_root(self) -> str:
+        """The URL S3 answers bucket requests (ListObjectsV2) on: ``https://bucket.host/`` for a
+        virtual-hosted base, ``http://host/bucket`` for a path-style one."""
+        return self.base_url + ("/" if urlsplit(self.base_url).path in ("", "/") else "")
+
+    def _check_origin(self, url: str) -> None:
+        if _origin(url) != self._origin:
+            raise PmcError(f"refused: {url} is not on the configured PMC Cloud host {self.base_url}")
+
+    def _send(self, url: str, params: dict[str, str] | None, headers: dict[str, str]) -> httpx.Response:
+        """One streamed GET, following same-origin redirects only; the caller closes the response."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            self._check_origin(url)
             self._limiter.wait()
-            try:
-                response = call()
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            if response.status_code in _RETRY_STATUS:
-                last = f"HTTP {response.status_code}"
-                response.close()
-                continue
-            return response
-        raise PmcError(f"{what}: gave up after {self.retries + 1} attempts ({last})")
+            self.requests += 1
+            request = self._http.build_request("GET", url, params=params, headers=headers)
+            response = self._http.send(request, stream=True)
+            if response.status_code not in _REDIRECTS:
+                return response
+            location = response.headers.get("location", "")
+            response.close()
+            if not location:
+                raise PmcError(f"{url}: HTTP {response.status_code} redirect without a Location")
+            target = urljoin(str(request.url), location)
+            if _origin(target) != self._origin:
+                raise PmcError(f"refused: {url} redirects to another host ({target})")
+            url, params = target, None
+        raise PmcError(f"{url}: more than {_MAX_REDIRECTS} redirects")
 
-    def _query(self, params: dict[str, str] | None = None, url: str | None = None) -> etree._Element:
-        target = url or self.base_url
-        response = self._with_retries(
-            f"OA service {target}", lambda: self._http.get(target, params=params)
-        )
-        if response.status_code != 200:
-            raise PmcError(f"OA service answered HTTP {response.status_code} for {response.url}")
-        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
-        try:
-            root = etree.fromstring(response.content, parser=parser)
-        except etree.XMLSyntaxError as exc:
-            raise PmcError(f"OA service answered malformed XML: {exc}") from exc
-        error = root.find("error")
-        if error is not None:
-            raise PmcError(f"OA service error {error.get('code') or ''}: {(error.text or '').strip()}")
-        return root
-
-    def lookup(self, pmcid: str) -> OaRecord:
-        """The OA record of one article; raises PmcError when it is unknown or not open access."""
-        pmcid = normalise_pmcid(pmcid)
-        records = _parse_records(self._query({"id": pmcid}), self.base_url)
-        if not records:
-            raise PmcError(f"{pmcid}: no OA record")
-        return records[0]
-
-    def updated_since(self, since: dt.date) -> Iterator[OaRecord]:
-        """Every record with a ``tgz`` package updated on or after ``since``, across all pages."""
-        root = self._query({"from": since.isoformat(), "format": "tgz"})
-        seen_tokens: set[str] = set()
-        while True:
-            yield from _parse_records(root, self.base_url)
-            link = root.find("records/resumption/link")
-            if link is None:
-                link = root.find(".//resumption/link")
-            if link is None:
-                return
-            token = link.get("token") or ""
-            if token in seen_tokens:
-                raise PmcError(f"OA service repeated resumption token {token!r}")
-            seen_tokens.add(token)
-            href = link.get("href")
-            if href:
-                root = self._query(url=resolve_href(href, self.base_url))
-            else:
-                root = self._query({"resumptionToken": token})
-
-    def download(self, record: OaRecord, dest_dir: Path) -> Path:
-        """Download the record's ``tgz`` package into ``dest_dir`` (resumable); return its path."""
-        url = record.links.get("tgz")
-        if not url:
-            raise PmcError(f"{record.pmcid}: no tgz package in the OA record")
-        name = Path(urlparse(url).path).name
-        if not _SAFE_NAME.match(name) or not name.endswith((".tar.gz", ".tgz")):
-            name = f"{normalise_pmcid(record.pmcid)}.tar.gz"
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        final = dest_dir / name
-        if final.exists():
-            return final
-        part = dest_dir / (name + ".part")
+    def _attempts(self, what: str, once: Callable[[], Any]) -> Any:
+        """Run ``once`` with retries and backoff on transport errors and :class:`_Retry`."""
         last = ""
-        for attempt in range(self.retries + 1):
+        for attempt in range(self.options.retries + 1):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                time.sleep(self.options.backoff_s * 2 ** (attempt - 1))
             try:
-                if self._download_once(url, part):
-                    break
-            except (httpx.TransportError, _Incomplete) as exc:
-                last = str(exc)
-                continue
-        else:
-            raise PmcError(f"{record.pmcid}: download of {url} incomplete after retries ({last})")
-        fsync_file(part)
-        part.replace(final)
-        fsync_dir(dest_dir)
-        return final
+                return once()
+            except (httpx.TransportError, _Retry) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+        raise PmcError(f"{what}: gave up after {self.options.retries + 1} attempts ({last})")
 
-    def _download_once(self, url: str, part: Path) -> bool:
-        """One (resumed) transfer into ``part``; True when complete. Raises _Incomplete to retry."""
+    def get(self, key: str, params: dict[str, str] | None = None) -> tuple[bytes, httpx.Headers]:
+        """The bytes and headers of a small object (at most ``max_small_bytes``).
+
+        Raises NotFound on 404 and PmcError on any other refusal.
+        """
+        url = self.url(key) if key else self._bucket_root()
+        limit = self.options.max_small_bytes
+
+        def once() -> tuple[bytes, httpx.Headers]:
+            response = self._send(url, params, {})
+            try:
+                status = response.status_code
+                if status in _RETRY_STATUS:
+                    raise _Retry(f"HTTP {status}")
+                if status == 404:
+                    raise NotFound(f"{key or url}: not in the bucket (HTTP 404)")
+                if status != 200:
+                    raise PmcError(f"{url} answered HTTP {status}")
+                declared = response.headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > limit:
+                    raise PmcError(f"{key}: {declared} bytes, over the {limit}-byte limit")
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body.extend(chunk)
+                    if len(body) > limit:
+                        raise PmcError(f"{key}: over the {limit}-byte limit")
+                return bytes(body), response.headers
+            finally:
+                response.close()
+
+        result: tuple[bytes, httpx.Headers] = self._attempts(f"GET {url}", once)
+        return result
+
+    def download(self, key: str, dest: Path, *, md5: str | None) -> bool:
+        """Download object ``key`` to ``dest`` (resumable via ``dest.part``), verify ``md5``, and
+        rename it into place; a present ``dest`` whose md5 matches is kept without a request.
+
+        Returns True when bytes were transferred, False when the present file was kept. Raises
+        ChecksumMismatch (the part file is deleted), NotFound or PmcError.
+        """
+        if dest.is_file() and md5 is not None and file_md5(dest) == md5.lower():
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        self._attempts(f"download {key}", lambda: self._download_once(key, part))
+        if md5 is not None:
+            got = file_md5(part)
+            if got != md5.lower():
+                part.unlink(missing_ok=True)
+                raise ChecksumMismatch(f"{key}: md5 {got} differs from the metadata's {md5.lower()}; refused")
+        fsync_file(part)
+        part.replace(dest)
+        fsync_dir(dest.parent)
+        return True
+
+    def _download_once(self, key: str, part: Path) -> None:
+        """One (resumed) transfer into ``part``; raises _Retry to try again from where it stopped."""
         have = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
-        self._limiter.wait()
-        with self._http.stream("GET", url, headers=headers) as response:
+        limit = self.options.max_download_bytes
+        response = self._send(self.url(key), None, headers)
+        try:
             status = response.status_code
             if status == 416 and have:  # nothing left to send: the part file is already whole
-                return True
+                return
             if status in _RETRY_STATUS:
-                raise _Incomplete(f"HTTP {status}")
+                raise _Retry(f"HTTP {status}")
+            if status == 404:
+                raise NotFound(f"{key}: not in the bucket (HTTP 404)")
             if status not in (200, 206):
-                raise PmcError(f"download of {url} answered HTTP {status}")
-            append = status == 206 and response.headers.get("content-range", "").startswith(
-                f"bytes {have}-"
-            )
+                raise PmcError(f"download of {key} answered HTTP {status}")
+            append = status == 206 and response.headers.get("content-range", "").startswith(f"bytes {have}-")
+            if status == 206 and not append:
+                raise PmcError(f"download of {key}: unexpected Content-Range {response.headers.get('content-range')}")
             expected = response.headers.get("content-length")
             written = have if append else 0
             with part.open("ab" if append else "wb") as fh:
                 for chunk in response.iter_bytes():  # as it arrives: a cut transfer keeps its bytes
                     written += len(chunk)
-                    if written > self.max_download_bytes:
+                    if written > limit:
                         fh.close()
                         part.unlink(missing_ok=True)
-                        raise PmcError(f"download of {url} is over {self.max_download_bytes} bytes")
+                        raise PmcError(f"download of {key} is over the {limit}-byte limit")
                     fh.write(chunk)
-        if expected is not None and written - (have if append else 0) < int(expected):
-            raise _Incomplete(f"got {written} bytes, connection closed early")
-        return True
-
-
-class _Incomplete(Exception):
-    """A transfer stopped early (retried, resuming from the part file)."""
+        finally:
+            response.close()
+        if expected is not None and expected.isdigit() and written - (have if append else 0) < int(expected):
+            raise _Retry(f"got {written} bytes, connection closed early")
 
 
 def fetch_packages(
     pmcids: Sequence[str] = (),
     *,
-    since: dt.date | None = None,
     dest_dir: Path,
     base_url: str,
     requests_per_second: float = 3.0,
     retries: int = 5,
     timeout_s: float = 60.0,
     backoff_s: float = 1.0,
-    max_download_bytes: int = 2 * 1024**3,
+    max_download_bytes: int = 512 * 1024**2,
+    session_factory: sessionmaker[Session] | None = None,
     on_error: Callable[[str, str], None] | None = None,
     progress: bool = True,
 ) -> list[Path]:
-    """Find and download the OA packages of ``pmcids`` (or of everything updated ``since``).
+    """Fetch the latest (or the named) version of each of ``pmcids`` from the PMC Cloud Service
+    into ``dest_dir``; return the verified article folders to ingest.
 
-    Returns the package paths in ``dest_dir``. A failing article raises PmcError, unless
-    ``on_error(pmcid, message)`` is given: then it is reported there and the others go on.
+    ``PMC123`` or ``PMC123.2``. Retracted articles are not fetched and, when ``session_factory``
+    is given, are withdrawn from the catalogue (the caller's next index publication drops their
+    vectors). A failing article raises PmcError unless ``on_error(pmcid, message)`` is given: then
+    it is reported there and the others go on.
     """
-    from tqdm import tqdm
+    from indexer.pmc_cloud import PmcCloud
+    from indexer.pmc_fetch import fetch_ids
 
-    if not pmcids and since is None:
-        raise PmcError("give PMCIDs or a --since date")
-    paths: list[Path] = []
-    with PmcClient(
-        base_url,
-        requests_per_second=requests_per_second,
-        retries=retries,
-        timeout_s=timeout_s,
-        backoff_s=backoff_s,
-        max_download_bytes=max_download_bytes,
-    ) as client:
-
-        def records() -> Iterator[tuple[str, OaRecord | PmcError]]:
-            if since is not None:
-                for rec in client.updated_since(since):
-                    yield rec.pmcid, rec
-            for raw in pmcids:
-                try:
-                    yield raw, client.lookup(raw)
-                except PmcError as exc:
-                    yield raw, exc
-
-        bar = tqdm(records(), desc="fetch", unit="pkg", disable=not progress, total=len(pmcids) or None)
-        for pmcid, rec in bar:
-            try:
-                if isinstance(rec, PmcError):
-                    raise rec
-                paths.append(client.download(rec, dest_dir))
-            except PmcError as exc:
-                if on_error is None:
-                    raise
-                on_error(pmcid, str(exc))
-    return paths
+    options = HttpOptions(requests_per_second, retries, timeout_s, backoff_s, max_download_bytes=max_download_bytes)
+    with PmcCloud(base_url, options) as cloud:
+        report = fetch_ids(cloud, list(pmcids), dest_dir, session_factory=session_factory, progress=progress)
+    problems = list(report.errors)
+    retracted = "retracted: not added (withdrawn from the catalogue if it was there)"
+    problems += [(label, retracted) for label in report.retracted]
+    for ident, message in problems:
+        if on_error is None:
+            raise PmcError(f"{ident}: {message}")
+        on_error(ident, message)
+    return report.paths

@@ -67,3 +67,19 @@ class VectorKind(StrEnum):
 
     IMAGE = "image"
     CAPTION = "caption"
+
+
+class PmcObjectStatus(StrEnum):
+    """What a fetch did with one PMC Cloud metadata object (a row of ``pmc_objects``)."""
+
+    INGESTED = "ingested"  # downloaded, verified and in the catalogue
+    RETRACTED = "retracted"  # retracted: not added, withdrawn when it was present
+    FILTERED = "filtered"  # passed over by the --license filter
+    SUPERSEDED = "superseded"  # an older version than the one the catalogue holds or fetched
+    REFUSED = "refused"  # a file's md5 did not match: nothing of it stored (retried once the ETag changes)
+    FAILED = "failed"  # a transport or ingest failure (retried by the next run)
+
+    @classmethod
+    def settled(cls) -> tuple[PmcObjectStatus, ...]:
+        """Outcomes a later run does not redo while the object's ETag stays the same."""
+        return (cls.INGESTED, cls.RETRACTED, cls.SUPERSEDED, cls.REFUSED)

@@ -1,217 +1,182 @@
-"""The PMC OA client against a local HTTP server that answers like NCBI's oa.fcgi and serves the
-shared packages: lookups, --since paging, resumable downloads, retries, rate limit, then ingest."""
+"""The PMC Cloud HTTP transport (:class:`indexer.pmc_client.PmcHttp`) against a local HTTP server on
+127.0.0.1 that serves plain bytes and misbehaves on request: redirects (same host followed,
+another host refused), 503s (retried with backoff), cut transfers (resumed with ``Range``), md5
+mismatches and size bounds (refused, nothing left behind), the rate limit, atomic writes."""
 
 from __future__ import annotations
 
-import datetime as dt
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
-from typer.testing import CliRunner
 
-from indexer.pmc_client import PmcClient, PmcError, fetch_packages, normalise_pmcid, resolve_href
+from indexer.pmc_client import ChecksumMismatch, HttpOptions, NotFound, PmcError, PmcHttp
 
-PACKAGES = {"PMC100": "elife-19405", "PMC200": "elife-00353", "PMC300": "pone.0056489"}
+BODY = bytes(range(256)) * 400  # 102,400 bytes
+MD5 = hashlib.md5(BODY).hexdigest()
+FAST = HttpOptions(requests_per_second=1000, retries=3, backoff_s=0.01)
 
 
-class OaState:
-    """What the fake service serves and what it saw."""
-
-    def __init__(self, package_dir: Path) -> None:
-        self.package_dir = package_dir
-        self.seen: list[tuple[str, str | None]] = []  # (path+query, Range header)
-        self.fail: dict[str, int] = {}  # path -> number of 503 answers still to give
+class State:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.fail: dict[str, int] = {}  # path -> 503 answers still to give
         self.cut: set[str] = set()  # paths whose next answer stops half-way
+        self.redirect: dict[str, str] = {}  # path -> Location
 
 
-def _record(pmcid: str, href: str) -> str:
-    return (
-        f'<record id="{pmcid}" citation="Test" license="CC BY" retracted="no">'
-        f'<link format="tgz" updated="2024-01-02 03:04:05" href="{href}"/></record>'
-    )
+@pytest.fixture
+def server() -> Iterator[tuple[str, State]]:
+    state = State()
 
-
-def _handler(state: OaState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
 
-        def _send(self, status: int, body: bytes, ctype: str = "text/xml", extra: dict[str, str] | None = None,
-                  cut: bool = False) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (extra or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2] if cut else body)
-            if cut:
-                self.wfile.flush()
-                self.close_connection = True
-
         def do_GET(self) -> None:
-            url = urlparse(self.path)
-            state.seen.append((self.path, self.headers.get("Range")))
-            if state.fail.get(url.path, 0) > 0:
-                state.fail[url.path] -= 1
-                self._send(503, b"busy")
+            path = self.path.split("?", 1)[0]
+            state.seen.append((path, self.headers.get("Range")))
+            if path in state.redirect:
+                self.send_response(307)
+                self.send_header("Location", state.redirect[path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
-            if url.path == "/oa.fcgi":
-                self._oa(parse_qs(url.query))
-            elif url.path.startswith("/pub/"):
-                self._file(url.path)
-            else:
-                self._send(404, b"not found")
-
-        def _oa(self, q: dict[str, list[str]]) -> None:
-            head = "<OA><responseDate>2024-01-01</responseDate>"
-            if "id" in q:
-                pmcid = q["id"][0]
-                if pmcid not in PACKAGES:
-                    error = f"identifier '{pmcid}' is not Open Access"
-                    body = f'{head}<error code="idIsNotOpenAccess">{error}</error></OA>'
-                else:
-                    body = f"{head}<records>{_record(pmcid, f'/pub/pmc/{PACKAGES[pmcid]}.tar.gz')}</records></OA>"
-            elif "resumptionToken" in q:
-                body = f"{head}<records>{_record('PMC300', 'pub/pmc/pone.0056489.tar.gz')}</records></OA>"
-            else:
-                assert q.get("format") == ["tgz"]
-                resumption = '<resumption><link token="page2" href="/oa.fcgi?resumptionToken=page2"/></resumption>'
-                records = _record("PMC100", "/pub/pmc/elife-19405.tar.gz") + _record(
-                    "PMC200", "/pub/pmc/elife-00353.tar.gz"
-                )
-                body = f"{head}<records>{resumption}{records}</records></OA>"
-            self._send(200, body.encode())
-
-        def _file(self, path: str) -> None:
-            file = state.package_dir / Path(path).name
-            if not file.is_file():
-                self._send(404, b"")
+            if state.fail.get(path, 0) > 0:
+                state.fail[path] -= 1
+                self.send_response(503)
+                self.send_header("Content-Length", "4")
+                self.end_headers()
+                self.wfile.write(b"busy")
                 return
-            data = file.read_bytes()
-            cut = path in state.cut
-            state.cut.discard(path)
+            if not path.startswith("/bucket/obj"):
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            start = 0
             rng = self.headers.get("Range")
             if rng and rng.startswith("bytes="):
                 start = int(rng[6:].split("-")[0])
-                if start >= len(data):
-                    self._send(416, b"")
-                    return
-                self._send(206, data[start:], "application/gzip",
-                           {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}, cut)
-            else:
-                self._send(200, data, "application/gzip", cut=cut)
+            body = BODY[start:]
+            self.send_response(206 if start else 200)
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(BODY) - 1}/{len(BODY)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if path in state.cut:
+                state.cut.discard(path)
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
 
-    return Handler
-
-
-@pytest.fixture
-def oa(shared_data: Path) -> Iterator[tuple[str, OaState]]:
-    """(base URL of oa.fcgi, server state) of a fake OA service on 127.0.0.1."""
-    state = OaState(shared_data / "jats" / "packages")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/oa.fcgi", state
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", state
     finally:
-        server.shutdown()
-        server.server_close()
+        httpd.shutdown()
+        httpd.server_close()
 
 
-def _client(url: str) -> PmcClient:
-    return PmcClient(url, requests_per_second=50, retries=3, timeout_s=10, backoff_s=0.01)
+def test_get_and_download_verify_the_md5(server: tuple[str, State], tmp_path: Path) -> None:
+    url, _ = server
+    with PmcHttp(f"{url}/bucket", FAST) as http:
+        body, headers = http.get("obj")
+        assert body == BODY and headers["content-length"] == str(len(BODY))
+        dest = tmp_path / "a" / "obj.bin"
+        assert http.download("obj", dest, md5=MD5) is True
+        assert dest.read_bytes() == BODY
+        sent = http.requests
+        assert http.download("obj", dest, md5=MD5) is False, "a present file with the right md5 is kept"
+        assert http.requests == sent
+        with pytest.raises(NotFound):
+            http.get("missing")
 
 
-def test_href_mapping_and_pmcid_normalisation() -> None:
-    base = "https://www.ncbi.nlm.nih.gov/pmc/utils/oa/oa.fcgi"
-    assert resolve_href("ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/b0/ac/PMC5.tar.gz", base) == (
-        "https://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/b0/ac/PMC5.tar.gz"
-    )
-    assert resolve_href("/pub/x.tar.gz", "http://127.0.0.1:9/oa.fcgi") == "http://127.0.0.1:9/pub/x.tar.gz"
-    with pytest.raises(PmcError):
-        resolve_href("ftp://elsewhere.example/x.tar.gz", base)
-    assert normalise_pmcid("pmc123") == normalise_pmcid("123") == "PMC123"
-    with pytest.raises(PmcError, match="not a PMCID"):
-        normalise_pmcid("PMC12x")
+def test_an_md5_mismatch_refuses_the_file_and_leaves_nothing(server: tuple[str, State], tmp_path: Path) -> None:
+    url, _ = server
+    dest = tmp_path / "obj.bin"
+    with PmcHttp(f"{url}/bucket", FAST) as http, pytest.raises(ChecksumMismatch, match="md5"):
+        http.download("obj", dest, md5=hashlib.md5(b"other").hexdigest())
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_lookup_download_and_errors(oa: tuple[str, OaState], shared_data: Path, tmp_path: Path) -> None:
-    url, _ = oa
-    with _client(url) as client:
-        record = client.lookup("PMC100")
-        assert record.links["tgz"].endswith("/pub/pmc/elife-19405.tar.gz") and record.license == "CC BY"
-        path = client.download(record, tmp_path)
-        assert path.read_bytes() == (shared_data / "jats" / "packages" / "elife-19405.tar.gz").read_bytes()
-        with pytest.raises(PmcError, match="not Open Access"):
-            client.lookup("PMC999")
+def test_a_cut_transfer_resumes_with_a_range_request(server: tuple[str, State], tmp_path: Path) -> None:
+    url, state = server
+    state.cut.add("/bucket/obj")
+    dest = tmp_path / "obj.bin"
+    with PmcHttp(f"{url}/bucket", FAST) as http:
+        assert http.download("obj", dest, md5=MD5)
+    assert dest.read_bytes() == BODY
+    assert state.seen == [("/bucket/obj", None), ("/bucket/obj", f"bytes={len(BODY) // 2}-")]
+    assert not (tmp_path / "obj.bin.part").exists()
 
 
-def test_interrupted_download_resumes_with_range(oa: tuple[str, OaState], shared_data: Path,
-                                                 tmp_path: Path) -> None:
-    url, state = oa
-    state.cut.add("/pub/pmc/pone.0056489.tar.gz")
-    state.fail["/pub/pmc/pone.0056489.tar.gz"] = 0
-    with _client(url) as client:
-        path = client.download(client.lookup("PMC300"), tmp_path)
-    assert path.read_bytes() == (shared_data / "jats" / "packages" / "pone.0056489.tar.gz").read_bytes()
-    ranges = [r for p, r in state.seen if p.startswith("/pub/")]
-    assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
-    assert int(ranges[1][6:-1]) > 0
-    assert not list(tmp_path.glob("*.part"))
+def test_a_part_file_left_by_a_killed_run_is_continued(server: tuple[str, State], tmp_path: Path) -> None:
+    url, state = server
+    dest = tmp_path / "obj.bin"
+    (tmp_path / "obj.bin.part").write_bytes(BODY[:1000])
+    with PmcHttp(f"{url}/bucket", FAST) as http:
+        http.download("obj", dest, md5=MD5)
+    assert dest.read_bytes() == BODY and state.seen == [("/bucket/obj", "bytes=1000-")]
 
 
-def test_retries_with_backoff_then_gives_up(oa: tuple[str, OaState], tmp_path: Path) -> None:
-    url, state = oa
-    state.fail["/oa.fcgi"] = 2
-    with _client(url) as client:
-        assert client.lookup("PMC200").pmcid == "PMC200"
-        state.fail["/oa.fcgi"] = 10
+def test_503s_are_retried_with_backoff_then_given_up(server: tuple[str, State], tmp_path: Path) -> None:
+    url, state = server
+    state.fail["/bucket/obj"] = 2
+    with PmcHttp(f"{url}/bucket", FAST) as http:
+        assert http.get("obj")[0] == BODY
+        assert len(state.seen) == 3
+        state.fail["/bucket/obj"] = 10
         with pytest.raises(PmcError, match="gave up after 4 attempts"):
-            client.lookup("PMC200")
+            http.download("obj", tmp_path / "x", md5=MD5)
+    assert not (tmp_path / "x").exists()
 
 
-def test_rate_limit_spaces_requests(oa: tuple[str, OaState]) -> None:
-    url, _ = oa
-    with PmcClient(url, requests_per_second=20, retries=0) as client:
+def test_redirects_stay_on_the_configured_host(server: tuple[str, State], tmp_path: Path) -> None:
+    url, state = server
+    port = url.rsplit(":", 1)[1]
+    state.redirect["/bucket/same"] = f"{url}/bucket/obj"
+    state.redirect["/bucket/away"] = f"http://localhost:{port}/bucket/obj"  # the same server, another host name
+    with PmcHttp(f"{url}/bucket", FAST) as http:
+        assert http.get("same")[0] == BODY
+        with pytest.raises(PmcError, match="redirects to another host"):
+            http.get("away")
+        with pytest.raises(PmcError, match="redirects to another host"):
+            http.download("away", tmp_path / "x", md5=MD5)
+    assert ("/bucket/obj", None) in state.seen
+    assert state.seen.count(("/bucket/obj", None)) == 1, "the other host was never asked"
+    assert not list(tmp_path.iterdir())
+
+
+def test_sizes_are_bounded(server: tuple[str, State], tmp_path: Path) -> None:
+    url, _ = server
+    small = HttpOptions(requests_per_second=1000, retries=0, max_small_bytes=1000, max_download_bytes=5000)
+    with PmcHttp(f"{url}/bucket", small) as http:
+        with pytest.raises(PmcError, match="limit"):
+            http.get("obj")
+        with pytest.raises(PmcError, match="limit"):
+            http.download("obj", tmp_path / "x", md5=MD5)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_rate_limit_spaces_requests(server: tuple[str, State]) -> None:
+    url, _ = server
+    with PmcHttp(f"{url}/bucket", HttpOptions(requests_per_second=20)) as http:
         started = time.monotonic()
-        for _ in range(5):
-            client.lookup("PMC200")
-        assert time.monotonic() - started >= 4 / 20 - 0.01
+        for _ in range(6):
+            http.get("obj")
+        assert time.monotonic() - started >= 5 / 20 * 0.95
 
 
-def test_since_follows_resumption_and_fetch_reports_failures(oa: tuple[str, OaState], tmp_path: Path) -> None:
-    url, state = oa
-    with _client(url) as client:
-        assert [r.pmcid for r in client.updated_since(dt.date(2024, 1, 1))] == ["PMC100", "PMC200", "PMC300"]
-    assert any("from=2024-01-01" in p for p, _ in state.seen)
-    errors: list[tuple[str, str]] = []
-    paths = fetch_packages(["PMC200", "PMC999"], dest_dir=tmp_path / "dl", base_url=url, backoff_s=0.01,
-                           requests_per_second=50, on_error=lambda p, m: errors.append((p, m)), progress=False)
-    assert [p.name for p in paths] == ["elife-00353.tar.gz"]
-    assert errors and errors[0][0] == "PMC999"
-    before = len(state.seen)
-    again = fetch_packages(["PMC200"], dest_dir=tmp_path / "dl", base_url=url, progress=False)
-    assert again == paths and not any(p.startswith("/pub/") for p, _ in state.seen[before:])
-
-
-def test_cli_fetch_downloads_and_ingests(oa: tuple[str, OaState], tmp_path: Path) -> None:
-    from app.cli import cli
-
-    url, _ = oa
-    env = {"BIOMEDSEARCH_DATA_HOME": str(tmp_path / "home"), "BIOMEDSEARCH_PMC_OA_URL": url,
-           "BIOMEDSEARCH_PMC_REQUESTS_PER_SECOND": "10"}
-    result = CliRunner().invoke(cli, ["fetch", "--no-progress", "PMC100", "PMC200"], env=env)
-    assert result.exit_code == 0, result.output
-    assert "fetch: 2 package(s) downloaded, 0 failed" in result.output
-    assert "ingest: 2 articles (2 added" in result.output
-    assert sorted(p.name for p in (tmp_path / "home" / "downloads").iterdir()) == [
-        "elife-00353.tar.gz", "elife-19405.tar.gz"
-    ]
-    bad = CliRunner().invoke(cli, ["fetch", "--since", "yesterday"], env=env)
-    assert bad.exit_code == 2 and "not a date" in bad.output
+def test_the_base_url_must_be_http() -> None:
+    with pytest.raises(PmcError, match="not an http"):
+        PmcHttp("file:///etc")

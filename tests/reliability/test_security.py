@@ -126,7 +126,7 @@ def test_a_pmcid_field_holding_a_url_is_refused(client: TestClient, value: str) 
 
 def test_only_the_pmc_client_talks_http_and_only_to_the_configured_base() -> None:
     """Structure: the one module importing an HTTP client is ``indexer/pmc_client.py``, and the app
-    hands it URLs from the Settings only (``pmc_oa_url``)."""
+    hands it URLs from the Settings only (``pmc_cloud_url``)."""
     clients = {"httpx", "requests", "urllib.request", "urllib3", "aiohttp", "http.client", "pycurl"}
     importers = set()
     for package in ("app", "indexer", "training"):
@@ -145,7 +145,7 @@ def test_only_the_pmc_client_talks_http_and_only_to_the_configured_base() -> Non
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.keyword) and node.arg == "base_url":
                 calls.append(ast.unparse(node.value))
-    assert calls and all(c.endswith("pmc_oa_url") for c in calls), calls
+    assert calls and all(c.endswith("pmc_cloud_url") for c in calls), calls
 
 
 # --- nothing written outside the data home --------------------------------------------------------------

@@ -77,7 +77,8 @@ def get_article(
     response_model=JobAccepted,
     summary="Add articles (upload a package, or give PMCIDs to fetch)",
     description="Multipart `file`: a PMC package (.tar.gz) or a zipped JATS folder. JSON "
-    '`{"pmcids": [...]}`: packages fetched from the PMC Open Access service. Answers 202 with the '
+    '`{"pmcids": [...]}`: article versions fetched from the PMC Cloud Service (`PMC123`: the latest, '
+    "`PMC123.2`: that version; retracted articles are not added and are withdrawn). Answers 202 with the "
     "id of a queued job that ingests, embeds and publishes; poll `GET /api/jobs/{id}`. Needs the "
     "`X-API-Key` header.",
     dependencies=[Depends(require_write_key)],

@@ -10,7 +10,7 @@
   const fileInput = $("package");
   const errorNode = $("error");
   const POLL_MS = 700;
-  const PMCID = /^(?:PMC)?(\d{1,12})$/i;
+  const PMCID = /^(?:PMC)?(\d{1,12})(?:\.\d{1,4})?$/i;  // PMC123, or PMC123.2 for one version
   let polling = null;
 
   const COUNT_LABELS = {
