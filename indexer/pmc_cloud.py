@@ -22,13 +22,11 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import gzip
-import hashlib
-import io
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -360,24 +358,28 @@ class PmcCloud:
                 raise PmcError(f"inventory {name}: fileSchema lacks {needed}")
         return Inventory(name=name, columns=columns, files=files)
 
-    def inventory_rows(self, inventory: Inventory) -> Iterator[InventoryRow]:
-        """Every row of the inventory's CSV files (each file's size and md5 checked first)."""
+    def inventory_rows(self, inventory: Inventory, workdir: Path) -> Iterator[InventoryRow]:
+        """Every row of the inventory's CSV files, streamed: each file is downloaded into
+        ``workdir`` (resumable, checked against the manifest's MD5checksum and size) and read
+        line by line."""
         col = {name: i for i, name in enumerate(inventory.columns)}
         for item in inventory.files:
-            data, _ = self.http.get(item.key)
-            if item.size is not None and len(data) != item.size:
-                raise PmcError(f"inventory file {item.key}: {len(data)} bytes, manifest says {item.size}")
-            if item.md5 and hashlib.md5(data, usedforsecurity=False).hexdigest() != item.md5.lower():
-                raise PmcError(f"inventory file {item.key}: md5 differs from the manifest's")
+            name = PurePosixPath(item.key).name
+            if not _SAFE_FILE.match(name):
+                raise PmcError(f"inventory {inventory.name}: unsafe file name {item.key!r}")
+            path = workdir / name
+            self.http.download(item.key, path, md5=item.md5)
+            if item.size is not None and path.stat().st_size != item.size:
+                raise PmcError(f"inventory file {item.key}: {path.stat().st_size} bytes, manifest says {item.size}")
             try:
-                text = gzip.decompress(data).decode("utf-8")
-            except (OSError, EOFError, UnicodeDecodeError) as exc:
+                with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
+                    for row in csv.reader(fh):
+                        if len(row) < len(col):
+                            continue
+                        yield InventoryRow(
+                            key=unquote(row[col["Key"]]),
+                            last_modified=_parse_time(row[col["LastModifiedDate"]]),
+                            etag=row[col["ETag"]].strip('"'),
+                        )
+            except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
                 raise PmcError(f"inventory file {item.key}: not gzipped UTF-8 CSV ({exc})") from exc
-            for row in csv.reader(io.StringIO(text)):
-                if len(row) < len(col):
-                    continue
-                yield InventoryRow(
-                    key=unquote(row[col["Key"]]),
-                    last_modified=_parse_time(row[col["LastModifiedDate"]]),
-                    etag=row[col["ETag"]].strip('"'),
-                )

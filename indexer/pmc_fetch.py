@@ -297,24 +297,28 @@ def fetch_inventory(
     run = _Run(cloud, dest_dir, session_factory, lic, ingest, report)
     inventory = cloud.inventory(which)
     report.inventory = inventory.name
-    newest: dict[str, int] = {}
+    newest: dict[str, int] = {}  # only articles with a version above 1 (most have one version)
     rows: list[tuple[InventoryRow, str, int]] = []
     since_at = dt.datetime.combine(since, dt.time(), tzinfo=dt.UTC) if since is not None else None
-    for row in cloud.inventory_rows(inventory):
+    workdir = dest_dir / ".inventory" / inventory.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    for row in cloud.inventory_rows(inventory, workdir):
         parsed = parse_metadata_key(row.key)
         if parsed is None:
             continue
         pmcid, version = parsed
-        newest[pmcid] = max(version, newest.get(pmcid, 0))
+        if version > 1:
+            newest[pmcid] = max(version, newest.get(pmcid, 1))
         if since_at is None or row.last_modified >= since_at:
             rows.append((row, pmcid, version))
+    shutil.rmtree(dest_dir / ".inventory", ignore_errors=True)  # read once per run
     rows.sort(key=lambda r: (r[0].last_modified, r[0].key))
     seen = _seen(session_factory, [r.key for r, _, _ in rows])
     todo: list[tuple[InventoryRow, str, int]] = []
     for row, pmcid, version in rows:
         if _settled(seen.get(row.key), row.etag, lic):
             report.unchanged += 1
-        elif version < newest[pmcid]:
+        elif version < newest.get(pmcid, 1):
             report.superseded += 1
             run.recorder.record_key(row.key, pmcid, version, row.etag, PmcObjectStatus.SUPERSEDED,
                                     last_modified=row.last_modified)

@@ -71,7 +71,7 @@ def pmcids(factory: Any) -> list[str]:
         return sorted(s.scalars(select(Article.pmcid)).all())
 
 
-def test_the_s3_url_shapes_moto_answers(bucket: Bucket) -> None:
+def test_the_s3_url_shapes_moto_answers(bucket: Bucket, tmp_path: Path) -> None:
     """ListObjectsV2 (versions, inventory dates), a metadata GET with its ETag, the manifest and
     its gzipped CSV: read anonymously through the client."""
     with PmcCloud(bucket.base_url, FAST) as cloud:
@@ -84,7 +84,7 @@ def test_the_s3_url_shapes_moto_answers(bucket: Bucket) -> None:
         assert meta.xml.key == "PMC1000004.1/PMC1000004.1.xml" and meta.xml.md5
         assert cloud.inventories() == [DAY1]
         inventory = cloud.inventory("latest")
-        rows = list(cloud.inventory_rows(inventory))
+        rows = list(cloud.inventory_rows(inventory, tmp_path))
         assert {r.key for r in rows} == {f"metadata/{a.pmcid}.{a.version}.json" for a in ARTICLES}
         assert dict((r.key, r.etag) for r in rows)["metadata/PMC1000004.1.json"] == etag
 
