@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from indexer.vocabulary import SearchMode
+
 if TYPE_CHECKING:
     from indexer.index_update import IndexOptions
     from indexer.ingest import IngestLimits
@@ -116,8 +118,8 @@ class Settings(BaseSettings):
         description="Run a hybrid query's channels (full-text, CLIP image index, caption index) side by side "
         "in threads instead of one after another.",
     )
-    search_mode: Literal["hybrid", "dense", "lexical"] = Field(
-        "hybrid", description="Default ranking of text queries (the API's `mode`)."
+    search_mode: SearchMode = Field(
+        SearchMode.HYBRID, description="Default ranking of text queries (the API's `mode`)."
     )
     weight_lexical: float = Field(1.0, ge=0, description="Hybrid: weight of full-text search (0 switches it off).")
     weight_image: float = Field(

@@ -44,6 +44,7 @@ from app.jobs_sweep import SWEEP_GRACE_S, remove_uploads, sweep_leftovers
 from indexer.catalogue import Job
 from indexer.pipeline import Encoders
 from indexer.vocabulary import JobKind, JobState
+from training.encoder_protocol import Encoder, TextEncoder
 
 __all__ = [
     "SWEEP_GRACE_S",
@@ -79,10 +80,10 @@ class Worker:
         self,
         settings: Settings,
         session_factory: sessionmaker[Session],
-        encoder_provider: Callable[[], Any],
+        encoder_provider: Callable[[], Encoder],
         *,
         encoder_ready: Callable[[], str | None] | None = None,
-        text_encoder_provider: Callable[[], Any] | None = None,
+        text_encoder_provider: Callable[[], TextEncoder | None] | None = None,
         on_published: Callable[[], None] | None = None,
         worker_id: str | None = None,
         progress: bool = False,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,8 +24,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from app.api.deps import Services
+from app.api.errors import install_domain_error_handler
 from app.api.routes import articles, figures, health, jobs, search
 from app.config import Settings
+from app.encoder_host import EncoderHost, EncoderLoader
 from app.jobs import Worker, job_counts
 from app.metrics import Metrics
 from app.middleware import BodySizeLimit, RouteMetrics, SecurityHeaders, install_error_handlers
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 def create_app(
     settings: Settings | None = None,
     *,
-    encoder_loader: Callable[[str, str], Any] | None = None,
+    encoder_loader: EncoderLoader | None = None,
 ) -> FastAPI:
     """Build the service for ``settings`` (default: read from the environment).
 
@@ -71,6 +73,7 @@ def create_app(
     )
     app.state.services = None
     install_error_handlers(app)
+    install_domain_error_handler(app)
 
     read_deps = []
     if settings.read_api_key is not None:
@@ -99,17 +102,21 @@ def create_app(
     return app
 
 
-def _start(settings: Settings, metrics: Metrics, encoder_loader: Callable[[str, str], Any] | None) -> Services:
-    """Open the catalogue, load the model and indexes, start the poller and worker (blocking)."""
+def _start(settings: Settings, metrics: Metrics, encoder_loader: EncoderLoader | None) -> Services:
+    """Open the catalogue, load the model and indexes, start the poller and worker (blocking).
+
+    The app owns its :class:`EncoderHost` (the encoders and their one thread): the search service
+    and the in-process worker share it, and ``_stop`` closes it."""
     url = settings.resolved_database_url
     settings.data_home.mkdir(parents=True, exist_ok=True)
     db = open_database(url)
     engine, session_factory = db.engine, db.session_factory
-    search = SearchService(settings, session_factory, metrics, encoder_loader=encoder_loader)
+    encoders = EncoderHost(settings, metrics, loader=encoder_loader)
+    search = SearchService(settings, session_factory, metrics, encoders)
     search.load(force=True)
     search.refresh()
     metrics.register_gauges(search.index_sizes, lambda: job_counts(session_factory))
-    services = Services(settings, engine, session_factory, metrics, search)
+    services = Services(settings, engine, session_factory, metrics, encoders, search)
 
     stop = threading.Event()
 
@@ -136,7 +143,7 @@ def _start(settings: Settings, metrics: Metrics, encoder_loader: Callable[[str, 
             session_factory,
             lambda: search.encoder,
             encoder_ready=encoder_ready,
-            text_encoder_provider=search.text_encoder if settings.text_model else None,
+            text_encoder_provider=encoders.text_encoder if settings.text_model else None,
             on_published=switch_indexes,
         )
         worker.start()
@@ -155,6 +162,7 @@ def _stop(services: Services) -> None:
         if isinstance(item, threading.Thread):
             item.join(timeout=10)
     services.search.close()
+    services.encoders.close()
     services.engine.dispose()
 
 

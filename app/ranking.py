@@ -26,7 +26,8 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from indexer.lexical import LexicalFilters, search_lexical
+from indexer.filters import Filters
+from indexer.lexical import search_lexical
 
 CHANNELS: tuple[str, ...] = ("lexical", "image", "caption")
 
@@ -130,7 +131,7 @@ def hybrid_search(
 # --- channel constructors ------------------------------------------------------------------------------
 
 
-def lexical_channel(session_factory: sessionmaker[Session], filters: LexicalFilters | None = None) -> ChannelSearch:
+def lexical_channel(session_factory: sessionmaker[Session], filters: Filters | None = None) -> ChannelSearch:
     """The lexical channel over the catalogue (optionally restricted by article filters)."""
 
     def search(query: str, n: int) -> list[ChannelHit]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from indexer.vocabulary import JobKind, JobState
+from indexer.vocabulary import ImageQueryMode, JobKind, JobState, SearchMode
 
 if TYPE_CHECKING:
     from indexer.catalogue import Article, Figure, Job
@@ -166,7 +166,7 @@ class SearchResponse(BaseModel):
         }
     )
     query: str | None = Field(None, description="The text query (absent for image queries).")
-    mode: str = Field(
+    mode: SearchMode | ImageQueryMode = Field(
         description="Text queries: `hybrid` (lexical + dense fused), `dense` (CLIP text->image) or `lexical`; "
         "image queries: `text` (image->caption) or `image` (image->image)."
     )

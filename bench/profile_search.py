@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from indexer.vocabulary import SearchMode
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.profile_search", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="biomedclip-tiny", choices=("biomedclip-tiny", "biomedclip-base"))
-    ap.add_argument("--mode", default="hybrid", choices=("hybrid", "dense", "lexical"))
+    ap.add_argument("--mode", default=SearchMode.HYBRID, type=SearchMode, choices=list(SearchMode))
     ap.add_argument("--figures", type=int, default=20_000)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--warm", action="store_true", help="answer each query once first (encoder cache hits)")

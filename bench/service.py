@@ -29,6 +29,7 @@ import numpy as np
 from bench.datahome import open_catalogue, populate, publish_vectors, query_texts, vectors
 from bench.models import ensure_model
 from bench.server import Server
+from indexer.vocabulary import SearchMode
 
 OVERHEAD_TARGET_MS = 3.0
 BASE_P50_TARGET_MS = 60.0
@@ -124,7 +125,7 @@ def bench_model(name: str, model_dir: Path, home: Path, requests: int, log: Any)
             recs, wall = asyncio.run(_drive(srv.url, chunk, conc))
             out[f"c{conc}"] = summarise(recs, wall)
             log(f"  {name} c={conc}: {out[f'c{conc}']}")
-        recs, wall = asyncio.run(_drive(srv.url, texts[2 * requests : 3 * requests], 1, "dense"))
+        recs, wall = asyncio.run(_drive(srv.url, texts[2 * requests : 3 * requests], 1, SearchMode.DENSE))
         out["dense_c1"] = summarise(recs, wall)
         log(f"  {name} dense c=1: {out['dense_c1']}")
         after = _cache_counts(srv.url)
@@ -182,7 +183,7 @@ def tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
                          f"{s['throughput_qps']:.1f}", f"{s['encode_ms']:.2f}", f"{s['index_search_ms']:.2f}",
                          f"{s['db_ms']:.2f}", f"{s['rest_ms']:.2f}", f"{s['http_ms']:.2f}",
                          f"{s['overhead_p50_ms']:.2f}"])
-        for run, mode in (("c1", "hybrid"), ("dense_c1", "dense")):
+        for run, mode in (("c1", SearchMode.HYBRID), ("dense_c1", SearchMode.DENSE)):
             c1 = m.get(run, {})
             if not c1:
                 continue

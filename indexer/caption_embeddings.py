@@ -11,9 +11,8 @@ serves it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import and_, exists, func, insert, select
@@ -23,20 +22,10 @@ from tqdm import tqdm
 
 from indexer.catalogue import Embedding, Figure
 from indexer.embeddings import EmbeddingError, EmbedReport
+from training.encoder_protocol import TextEncoder
 
 if TYPE_CHECKING:
     from indexer.index_update import IndexOptions, IndexReport
-
-
-class TextEncoder(Protocol):
-    """What :func:`embed_captions` needs: an id, a width and ``encode_texts``."""
-
-    model_id: str
-    dim: int
-
-    def encode_texts(self, texts: Sequence[str], batch_size: int = ...) -> np.ndarray:
-        """float32 [n, dim], L2-normalised."""
-        ...
 
 
 def _missing_caption(model_id: str) -> object:

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -31,6 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from tqdm import tqdm
 
 from indexer.catalogue import Embedding, Figure
+from training.encoder_protocol import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +39,6 @@ KINDS: tuple[str, str] = ("image", "caption")
 
 class EmbeddingError(Exception):
     """Stored or produced vectors that do not have the expected shape."""
-
-
-class Encoder(Protocol):
-    """What :func:`embed_pending` needs from ``training.encoders.Encoder``."""
-
-    model_id: str
-    dim: int
-
-    def encode_images(self, images: Sequence[Image.Image], batch_size: int = ...) -> np.ndarray:
-        """float32 [n, dim], L2-normalised."""
-        ...
-
-    def encode_texts(self, texts: Sequence[str], batch_size: int = ...) -> np.ndarray:
-        """float32 [n, dim], L2-normalised."""
-        ...
 
 
 @dataclass

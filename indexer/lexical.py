@@ -31,11 +31,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+
+from indexer.filters import Filters
 
 FIELDS: tuple[str, ...] = ("caption", "mention", "title", "label")
 """Where a term can match, in the index's column order."""
@@ -71,17 +72,6 @@ class LexicalHit(NamedTuple):
     where: dict[str, tuple[str, ...]]
 
 
-@dataclass(frozen=True)
-class LexicalFilters:
-    """Catalogue filters applied inside the lexical query (year range inclusive; journal and
-    license compared case-insensitively)."""
-
-    year_from: int | None = None
-    year_to: int | None = None
-    journal: str | None = None
-    license: str | None = None
-
-
 def query_terms(query: str) -> list[str]:
     """The search terms of ``query``: lower-cased runs of letters/digits, stop words and
     one-character tokens dropped, duplicates removed, at most :data:`MAX_TERMS`, in order."""
@@ -98,30 +88,16 @@ def fts5_query(terms: Sequence[str], *, all_terms: bool = False) -> str:
     return (" AND " if all_terms else " OR ").join('"' + t.replace('"', "") + '"' for t in terms)
 
 
-def _filter_sql(filters: LexicalFilters | None, fid: str, params: dict[str, Any]) -> str:
-    """``AND ...`` restricting figure id column ``fid`` to figures whose article passes ``filters``."""
+def _filter_sql(filters: Filters | None, fid: str, params: dict[str, Any]) -> str:
+    """``AND ...`` restricting figure id column ``fid`` to figures whose article passes ``filters``
+    (their SQL from :meth:`indexer.filters.Filters.sql`; its parameters are added to ``params``)."""
     if filters is None:
         return ""
-    conds: list[str] = []
-    if filters.year_from is not None:
-        conds.append("a.year >= :year_from")
-        params["year_from"] = filters.year_from
-    if filters.year_to is not None:
-        conds.append("a.year <= :year_to")
-        params["year_to"] = filters.year_to
-    if filters.journal:
-        conds.append("lower(a.journal) = :journal")
-        params["journal"] = filters.journal.strip().lower()
-    if filters.license:
-        conds.append("lower(a.license) = :license")
-        params["license"] = filters.license.strip().lower()
-    if not conds:
+    where, values = filters.sql("a")
+    if not where:
         return ""
-    return (
-        f" AND {fid} IN (SELECT f.id FROM figures f JOIN articles a ON a.id = f.article_id WHERE "  # noqa: S608
-        + " AND ".join(conds)
-        + ")"
-    )
+    params.update(values)
+    return f" AND {fid} IN (SELECT f.id FROM figures f JOIN articles a ON a.id = f.article_id WHERE {where})"  # noqa: S608
 
 
 def _dialect(session: Session) -> str:
@@ -129,7 +105,7 @@ def _dialect(session: Session) -> str:
 
 
 def search_lexical(
-    session: Session, query: str, k: int, filters: LexicalFilters | None = None, *, marks: bool = True
+    session: Session, query: str, k: int, filters: Filters | None = None, *, marks: bool = True
 ) -> list[LexicalHit]:
     """The best ``k`` figures for ``query`` by BM25-style full-text ranking, best first.
 
@@ -190,7 +166,7 @@ def _marked_words(highlighted: str | None) -> tuple[str, ...]:
 # --- SQLite (FTS5) -------------------------------------------------------------------------------------
 
 
-def _rank_sqlite(session: Session, terms: list[str], k: int, filters: LexicalFilters | None) -> list[tuple[int, float]]:
+def _rank_sqlite(session: Session, terms: list[str], k: int, filters: Filters | None) -> list[tuple[int, float]]:
     """All-terms matches by BM25, then (only when they are fewer than ``k``) any-term matches."""
     full = _bm25_sqlite(session, fts5_query(terms, all_terms=True), k, filters) if len(terms) > 1 else []
     if len(full) >= k:
@@ -200,7 +176,7 @@ def _rank_sqlite(session: Session, terms: list[str], k: int, filters: LexicalFil
     return full + [hit for hit in some if hit[0] not in seen][: k - len(full)]
 
 
-def _bm25_sqlite(session: Session, match: str, k: int, filters: LexicalFilters | None) -> list[tuple[int, float]]:
+def _bm25_sqlite(session: Session, match: str, k: int, filters: Filters | None) -> list[tuple[int, float]]:
     params: dict[str, Any] = {"q": match, "k": k}
     weights = ", ".join(str(FIELD_WEIGHTS[f]) for f in FIELDS)
     sql = (
@@ -241,7 +217,7 @@ def _pg_term_queries(terms: list[str], params: dict[str, Any]) -> list[str]:
 
 
 def _rank_postgres(
-    session: Session, terms: list[str], k: int, filters: LexicalFilters | None
+    session: Session, terms: list[str], k: int, filters: Filters | None
 ) -> list[tuple[int, float]]:
     params: dict[str, Any] = {"k": k, "w": _PG_WEIGHTS}
     tq = _pg_term_queries(terms, params)

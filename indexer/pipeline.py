@@ -28,11 +28,11 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.caption_embeddings import TextEncoder
-from indexer.embeddings import EmbedReport, Encoder
+from indexer.embeddings import EmbedReport
 from indexer.index_update import IndexOptions, IndexReport
 from indexer.ingest import IngestLimits, IngestReport
 from indexer.vocabulary import Stage
+from training.encoder_protocol import Encoder, TextEncoder
 
 # The order the stages run in (a stage a run does not need is passed over).
 ORDER: tuple[Stage, ...] = (

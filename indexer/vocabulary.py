@@ -83,3 +83,19 @@ class PmcObjectStatus(StrEnum):
     def settled(cls) -> tuple[PmcObjectStatus, ...]:
         """Outcomes a later run does not redo while the object's ETag stays the same."""
         return (cls.INGESTED, cls.RETRACTED, cls.SUPERSEDED, cls.REFUSED)
+
+
+class SearchMode(StrEnum):
+    """How a text query is ranked: the full-text and dense channels fused, the CLIP image index
+    alone, or the full-text index alone (the API's ``mode``, ``Settings.search_mode``)."""
+
+    HYBRID = "hybrid"
+    DENSE = "dense"
+    LEXICAL = "lexical"
+
+
+class ImageQueryMode(StrEnum):
+    """What an image query ranks: figure captions (image -> text) or figure images (image -> image)."""
+
+    TEXT = "text"
+    IMAGE = "image"

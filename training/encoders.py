@@ -1,4 +1,5 @@
-"""Encoders for the indexer and the service: ``load_encoder(spec)`` -> :class:`Encoder`.
+"""Encoders for the indexer and the service: ``load_encoder(spec)`` -> :class:`ClipEncoder`, an
+:class:`training.encoder_protocol.Encoder`.
 
 Specs: ``local-dir:PATH`` or a plain ``PATH`` (an open_clip local-dir export, see
 :mod:`training.export`), or ``hf-hub:NAME`` (a published open_clip model such as
@@ -21,6 +22,7 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 from PIL import Image
 
+from training.encoder_protocol import Encoder, TextEncoder
 from training.errors import ConfigError, EncoderLoadError
 from training.export import CONFIG_NAME
 from training.fsio import file_sha256
@@ -31,6 +33,9 @@ from training.preprocess import SplitTransform
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 
+__all__ = ["ClipEncoder", "Encoder", "TextEncoder", "load_encoder", "load_hub", "load_local_dir", "longest_first",
+           "resolve_device"]
+
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
@@ -39,7 +44,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-class Encoder:
+class ClipEncoder:
     """A CLIP model with its preprocessing and tokenizer, encoding images and texts to unit vectors.
 
     Attributes:
@@ -52,7 +57,8 @@ class Encoder:
 
     Outputs are float32 either way. An encoder may be called from several threads at once: only
     tokenization is serialised. (The service does not rely on it: its queries and its in-process
-    re-index worker share one encoder whose passes all run, one after another, on one encoder thread.)
+    re-index worker share one encoder whose passes all run, one after another, on one encoder thread:
+    :class:`app.encoder_host.EncoderHost`.)
     """
 
     def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, *, model_id: str,
@@ -141,7 +147,7 @@ def _weights_file(folder: Path) -> Path:
     raise EncoderLoadError(f"no open_clip weights (open_clip_model.safetensors) in {folder}")
 
 
-def load_local_dir(folder: str | Path, device: str = "auto", precision: str = "auto") -> Encoder:
+def load_local_dir(folder: str | Path, device: str = "auto", precision: str = "auto") -> ClipEncoder:
     """Load an open_clip local-dir export from ``folder`` (offline; the folder may have moved)."""
     path = Path(folder).expanduser()
     if not path.is_dir():
@@ -180,7 +186,9 @@ def load_local_dir(folder: str | Path, device: str = "auto", precision: str = "a
     pp["size"] = model_cfg["vision_cfg"].get("image_size", 224)
     preprocess = image_transform_v2(PreprocessCfg(**pp), is_train=False)
     model_id = f"{path.resolve().name}-{file_sha256(weights)[:12]}"
-    return Encoder(model, preprocess, tokenizer, model_id=model_id, device=resolve_device(device), precision=precision)
+    return ClipEncoder(
+        model, preprocess, tokenizer, model_id=model_id, device=resolve_device(device), precision=precision
+    )
 
 
 def _check_hub_reachable(timeout_s: float = 3.0) -> None:
@@ -194,7 +202,7 @@ def _check_hub_reachable(timeout_s: float = 3.0) -> None:
         pass
 
 
-def load_hub(name: str, device: str = "auto", precision: str = "auto") -> Encoder:
+def load_hub(name: str, device: str = "auto", precision: str = "auto") -> ClipEncoder:
     """Load a published open_clip model from the Hugging Face hub (or its local cache).
 
     Fails fast with :class:`EncoderLoadError` when neither the cache nor the hub has it.
@@ -218,10 +226,10 @@ def load_hub(name: str, device: str = "auto", precision: str = "auto") -> Encode
         tokenizer = open_clip.get_tokenizer(f"{HF_HUB_PREFIX}{name}")
     except Exception as exc:
         raise EncoderLoadError(f"cannot load hf-hub:{name}: {exc}. Offline, pass local-dir:PATH instead.") from exc
-    return Encoder(model, preprocess, tokenizer, model_id=name, device=resolve_device(device), precision=precision)
+    return ClipEncoder(model, preprocess, tokenizer, model_id=name, device=resolve_device(device), precision=precision)
 
 
-def load_encoder(spec: str, device: str = "auto", precision: str = "auto") -> Encoder:
+def load_encoder(spec: str, device: str = "auto", precision: str = "auto") -> ClipEncoder:
     """Load an encoder from ``local-dir:PATH``, a plain ``PATH`` or ``hf-hub:NAME``.
 
     ``device``: ``auto`` (GPU when present), ``cpu``, ``cuda`` or ``cuda:N``; ``precision``:

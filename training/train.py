@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from training.data import PairDataset, filter_pairs, read_pairs
-from training.encoders import Encoder, resolve_device
+from training.encoders import ClipEncoder as Encoder
+from training.encoders import resolve_device
 from training.errors import ConfigError, DataError
 from training.evaluate import evaluate_retrieval
 from training.export import export_model

@@ -1,6 +1,7 @@
 """FastAPI dependencies, as ``Annotated`` aliases routes declare in their signatures.
 
-- :data:`ServicesDep`: the app's :class:`Services` (built by the lifespan of ``create_app``);
+- :data:`ServicesDep`: the app's :class:`Services` (built by the lifespan of ``create_app``: the
+  catalogue, the metrics, the encoder host shared by the search service and the worker, ...);
 - :data:`SettingsDep`, :data:`SearchDep`, :data:`SessionDep` (a catalogue session per request);
 - :func:`require_read_key` / :func:`require_write_key`: the ``X-API-Key`` header checks (constant
   time, ``hmac.compare_digest``). Writes need ``Settings.api_key`` and are refused (403) while no
@@ -25,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.encoder_host import EncoderHost
 from app.jobs import Worker
 from app.metrics import Metrics
 from app.middleware import ApiError
@@ -42,6 +44,7 @@ class Services:
     engine: Engine
     session_factory: sessionmaker[Session]
     metrics: Metrics
+    encoders: EncoderHost
     search: SearchService
     worker: Worker | None = None
     background: list[Any] = field(default_factory=list)  # threads / events to stop at shutdown

@@ -4,9 +4,10 @@ sentence encoder, ``Settings.text_model``, for hybrid search's caption channel).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
@@ -16,9 +17,15 @@ from app.cli.base import cli, console, fail, load_settings, open_catalogue, setu
 from app.cli.index_cmds import _load_encoder, _load_text_model
 from app.config import Settings
 from app.ranking import ChannelSearch, FusionWeights, dense_channel, lexical_channel
+from training.encoder_protocol import TextEncoder
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from indexer.publish import LiveIndexes
 
 
-def _live(settings: Settings, model_id: str, kind: str) -> Any:
+def _live(settings: Settings, model_id: str, kind: str) -> LiveIndexes:
     from indexer.publish import LiveIndexes
 
     live = LiveIndexes(settings.index_dir, model_id, use_gpu=settings.use_gpu)
@@ -29,7 +36,7 @@ def _live(settings: Settings, model_id: str, kind: str) -> Any:
     return live
 
 
-def _encode_fn(encoder: Any) -> Any:
+def _encode_fn(encoder: TextEncoder) -> Callable[[str], np.ndarray]:
     @lru_cache(maxsize=4096)
     def encode(text: str) -> np.ndarray:
         return np.asarray(encoder.encode_texts([text]), dtype=np.float32)
@@ -37,7 +44,9 @@ def _encode_fn(encoder: Any) -> Any:
     return encode
 
 
-def build_channels(settings: Settings, session_factory: Any, modes: set[str]) -> dict[str, ChannelSearch]:
+def build_channels(
+    settings: Settings, session_factory: sessionmaker[Session], modes: set[str]
+) -> dict[str, ChannelSearch]:
     """The benchmark's channels for ``modes`` from the configured encoder(s) and published indexes."""
     channels: dict[str, ChannelSearch] = {}
     if modes & {"lexical", "hybrid"}:

@@ -50,7 +50,7 @@ def worker(
 ) -> None:
     """Run re-index jobs from the job table (the same loop the API runs in-process)."""
     from app.jobs import LazyEncoder, Worker, job_counts
-    from training.encoders import load_encoder
+    from training.encoders import TextEncoder, load_encoder
 
     setup_logging()
     settings = load_settings(data_home=data_home, model=model)
@@ -61,9 +61,9 @@ def worker(
         lambda spec: load_encoder(spec, device=settings.device, precision=settings.encoder_precision),
         missing=f"no encoder configured: set BIOMEDSEARCH_MODEL or export one under {settings.models_dir}",
     )
-    text_loaded: list[object] = []
+    text_loaded: list[TextEncoder] = []
 
-    def text_encoder() -> object:
+    def text_encoder() -> TextEncoder:
         if not text_loaded:
             from training.sentence_encoder import load_sentence_encoder
 

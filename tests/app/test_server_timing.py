@@ -50,9 +50,8 @@ def test_phases_of_a_threadpool_route_are_reported() -> None:
 def test_hybrid_channels_run_side_by_side_and_report_the_slowest() -> None:
     """A hybrid query's channels run concurrently: the wait is the slowest channel's, the results are
     the sequential ones, and Server-Timing carries the slowest channel's phases (not the sum)."""
-    from app.config import Settings
+    from app.channels import ChannelRunner
     from app.ranking import ChannelHit
-    from app.search import SearchService
 
     metrics = Metrics()
 
@@ -65,22 +64,22 @@ def test_hybrid_channels_run_side_by_side_and_report_the_slowest() -> None:
 
     channels = {"lexical": channel(0.15, "index_search"), "image": channel(0.3, "encode"),
                 "caption": channel(0.15, "encode")}
-    service = SearchService(Settings(_env_file=None), None, metrics)  # type: ignore[arg-type, call-arg]
+    service = ChannelRunner(parallel=True)
     try:
         phases: dict[str, float] = {}
         token = REQUEST_PHASES.set(phases)
         start = time.perf_counter()
         try:
-            results = service._run_channels(channels, "q", 5)
+            results = service.run(channels, "q", 5)
         finally:
             REQUEST_PHASES.reset(token)
         wall = time.perf_counter() - start
         assert results == {name: ch("q", 5) for name, ch in channels.items()}
         assert wall < 0.5  # side by side: ~0.3 s, one after another 0.6 s
         assert set(phases) == {"encode"} and 0.3 <= phases["encode"] < 0.45
-        sequential = SearchService(Settings(_env_file=None, parallel_channels=False), None, metrics)  # type: ignore[arg-type, call-arg]
+        sequential = ChannelRunner(parallel=False)
         start = time.perf_counter()
-        assert sequential._run_channels(channels, "q", 5) == results
+        assert sequential.run(channels, "q", 5) == results
         assert time.perf_counter() - start >= 0.6
     finally:
         service.close()

@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import delete, select, text, update
 
 from indexer.catalogue import Article, Figure, make_engine, make_session_factory, session_scope
+from indexer.filters import Filters
 from indexer.ingest import IngestLimits, ingest_paths
-from indexer.lexical import LexicalFilters, lexical_count, query_terms, rebuild_lexical, search_lexical
+from indexer.lexical import lexical_count, query_terms, rebuild_lexical, search_lexical
 
 
 def _factory(db_url: str):  # type: ignore[no-untyped-def]
@@ -110,9 +111,9 @@ def test_mentions_and_filters(db_url: str, xml_only: list[Path], tmp_path: Path)
         assert only_there[0] in hit.where["mention"]
         year = cited.article.year
         assert year is not None
-        inside = search_lexical(session, only_there[0], 100, LexicalFilters(year_from=year, year_to=year))
+        inside = search_lexical(session, only_there[0], 100, Filters(year_from=year, year_to=year))
         assert cited.id in [h.figure_id for h in inside]
-        outside = search_lexical(session, only_there[0], 100, LexicalFilters(year_from=year + 1))
+        outside = search_lexical(session, only_there[0], 100, Filters(year_from=year + 1))
         assert cited.id not in [h.figure_id for h in outside]
 
 

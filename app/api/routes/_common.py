@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import Response
 
 from app.middleware import ApiError
+from app.pager import Page
 from app.ranking import describe
 from app.schemas import MAX_DEPTH, ErrorResponse, FigureHit, Match, SearchResponse, figure_fields
-from app.search import Page
 
 _ERROR = {"model": ErrorResponse}
 ERRORS: dict[int | str, dict[str, Any]] = {

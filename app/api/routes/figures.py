@@ -15,8 +15,8 @@ from app.api.deps import SearchDep, SessionDep, SettingsDep
 from app.api.routes._common import ERRORS, MAX_ID, NOT_READY, check_depth, search_response
 from app.middleware import ApiError
 from app.schemas import MAX_K, FigureOut, SearchResponse, figure_out
-from app.search import Filters
 from indexer.catalogue import Figure
+from indexer.filters import Filters
 
 router = APIRouter(prefix="/api/figures", tags=["figures"], responses=ERRORS)
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from app.api.deps import SearchDep, SettingsDep
 from app.api.routes._common import ERRORS, NOT_READY, check_depth, check_years, search_response
 from app.middleware import ApiError
+from app.query_image import decode_query_image
 from app.schemas import MAX_K, SearchResponse
-from app.search import Filters, decode_query_image
+from indexer.filters import Filters
+from indexer.vocabulary import ImageQueryMode, SearchMode
 
 router = APIRouter(prefix="/api/search", tags=["search"], responses={**ERRORS, **NOT_READY})
 
@@ -58,7 +60,7 @@ def search_text(
     journal: Journal = None,
     license: License = None,
     mode: Annotated[
-        Literal["hybrid", "dense", "lexical"] | None,
+        SearchMode | None,
         Query(description="Ranking: `hybrid` (lexical + dense, fused), `dense` (CLIP) or `lexical`; "
               "default: the service's `search_mode` setting."),
     ] = None,
@@ -91,9 +93,9 @@ def search_image(
     k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
     offset: Annotated[int, Form(ge=0, le=999)] = 0,
     mode: Annotated[
-        Literal["text", "image"],
+        ImageQueryMode,
         Form(description="`text`: rank captions (image->text); `image`: rank figure images."),
-    ] = "text",
+    ] = ImageQueryMode.TEXT,
 ) -> Response:
     """Decode and check the image (pixel cap), encode it, search the caption or image index."""
     check_depth(k, offset)
