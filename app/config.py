@@ -112,6 +112,23 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, ge=1, description="Claims per job before it is marked failed.")
     index_poll_s: float = Field(2.0, gt=0, description="How often the service looks for a new index.")
 
+    # --- image queries (POST /api/search/image): their own limits, far below the ingestion ones -------
+    query_image_max_bytes: int = Field(
+        20 * 1024**2, ge=1, description="Largest query-image request body (counted while it streams in; 413 above)."
+    )
+    query_image_max_pixels: int = Field(
+        16_000_000, ge=1, description="Largest query image in pixels, read from its header (422 above).",
+    )
+    query_image_slots: int = Field(
+        2, ge=1, description="Query images decoded and encoded at once; further queries wait for a slot."
+    )
+    query_image_wait_s: float = Field(
+        2.0, ge=0, description="How long a query image waits for a slot before the answer is 503 with Retry-After."
+    )
+    query_image_rate_per_minute: int = Field(
+        0, ge=0, description="Image queries per client address per minute (429 with Retry-After above); 0: no limit."
+    )
+
     # --- hybrid ranking ------------------------------------------------------------------------------
     parallel_channels: bool = Field(
         True,

@@ -31,6 +31,8 @@ from app.encoder_host import EncoderHost, EncoderLoader
 from app.jobs import Worker, job_counts
 from app.metrics import Metrics
 from app.middleware import BodySizeLimit, RouteMetrics, SecurityHeaders, install_error_handlers
+from app.query_image import QueryImageLimits, QueryImageSlots
+from app.rate_limit import RateLimiter
 from app.search import SearchService
 from app.web import pages
 from indexer.catalogue import open_database
@@ -116,7 +118,11 @@ def _start(settings: Settings, metrics: Metrics, encoder_loader: EncoderLoader |
     search.load(force=True)
     search.refresh()
     metrics.register_gauges(search.index_sizes, lambda: job_counts(session_factory))
-    services = Services(settings, engine, session_factory, metrics, encoders, search)
+    rate = settings.query_image_rate_per_minute
+    services = Services(
+        settings, engine, session_factory, metrics, encoders, search,
+        QueryImageSlots(QueryImageLimits.from_settings(settings)), RateLimiter(rate) if rate else None,
+    )
 
     stop = threading.Event()
 

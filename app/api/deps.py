@@ -30,6 +30,8 @@ from app.encoder_host import EncoderHost
 from app.jobs import Worker
 from app.metrics import Metrics
 from app.middleware import ApiError
+from app.query_image import QueryImageSlots
+from app.rate_limit import RateLimiter
 from app.search import SearchService
 
 API_KEY_HEADER = "X-API-Key"
@@ -46,6 +48,8 @@ class Services:
     metrics: Metrics
     encoders: EncoderHost
     search: SearchService
+    query_images: QueryImageSlots
+    image_rate: RateLimiter | None = None  # the per-client image-query limit, when configured
     worker: Worker | None = None
     background: list[Any] = field(default_factory=list)  # threads / events to stop at shutdown
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from app.api.deps import SearchDep, SettingsDep
+from app.api.body_cap import QueryImageRoute
+from app.api.deps import SearchDep, ServicesDep, SettingsDep
 from app.api.routes._common import ERRORS, NOT_READY, check_depth, check_years, search_response
 from app.middleware import ApiError
 from app.query_image import decode_query_image
-from app.schemas import MAX_K, SearchResponse
+from app.schemas import MAX_K, ErrorResponse, SearchResponse
 from indexer.filters import Filters
 from indexer.vocabulary import ImageQueryMode, SearchMode
 
@@ -78,17 +80,16 @@ def search_text(
     return search_response(page, k=k, offset=offset, query=text)
 
 
-@router.post(
-    "/image",
-    response_model=SearchResponse,
-    summary="Image -> captions (mode=text) or similar figures (mode=image)",
-    description="Upload an image: `mode=text` ranks figure captions by their match with the image "
-    "(image->text), `mode=image` ranks figure images by similarity (image->image). Images over the "
-    "pixel cap, corrupt images and non-images are refused with 422.",
-)
+_IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Request body over the query-image limit"},
+    429: {"model": ErrorResponse, "description": "Over the per-client image-query rate (see Retry-After)"},
+    503: {"model": ErrorResponse, "description": "Encoder not loaded, or every decoding slot busy (see Retry-After)"},
+}
+
+
 def search_image(
     search: SearchDep,
-    settings: SettingsDep,
+    services: ServicesDep,
     file: Annotated[UploadFile, File(description="The query image (JPEG, PNG, GIF, TIFF, BMP or WebP).")],
     k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
     offset: Annotated[int, Form(ge=0, le=999)] = 0,
@@ -97,11 +98,35 @@ def search_image(
         Form(description="`text`: rank captions (image->text); `image`: rank figure images."),
     ] = ImageQueryMode.TEXT,
 ) -> Response:
-    """Decode and check the image (pixel cap), encode it, search the caption or image index."""
+    """Check the image (size, pixel cap), then, holding a decoding slot, decode it without mode
+    expansion, encode it and search the caption or image index."""
     check_depth(k, offset)
-    data = file.file.read()
-    if not data:
+    fh = file.file
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(0)
+    if size == 0:
         raise ApiError(422, "the uploaded file is empty")
-    image = decode_query_image(data, settings.max_image_pixels)
-    page = search.search_image(image, k, offset, mode, Filters())
+    cap = services.query_images.limits.max_bytes
+    if size > cap:
+        raise ApiError(413, f"the query image exceeds the limit of {cap} bytes")
+    with services.query_images.slot():
+        image = decode_query_image(fh, services.query_images.limits.max_pixels)
+        page = search.search_image(image, k, offset, mode, Filters())
     return search_response(page, k=k, offset=offset)
+
+
+router.add_api_route(
+    "/image",
+    search_image,
+    methods=["POST"],
+    response_model=SearchResponse,
+    summary="Image -> captions (mode=text) or similar figures (mode=image)",
+    description="Upload an image: `mode=text` ranks figure captions by their match with the image "
+    "(image->text), `mode=image` ranks figure images by similarity (image->image). Query images have "
+    "their own limits: a body over `query_image_max_bytes` (20 MiB) is refused with 413 while it "
+    "streams in; images over `query_image_max_pixels` (16 MP), corrupt images and non-images with "
+    "422; when every decoding slot is busy the answer is 503 with `Retry-After`, and over the optional "
+    "per-client rate 429.",
+    responses=_IMAGE_ERRORS,
+    route_class_override=QueryImageRoute,  # the rate limit and the body cap run before the body is parsed
+)
