@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -37,11 +37,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
+from indexer.archives import ArchiveBudget, ArchiveError, ArchiveLimits, NestedArchiveError, unpacked
 from indexer.catalogue import Article, Figure, session_scope, utcnow
 from indexer.images import ImageRejected, StoredImage, sniff_image, store_image
-from indexer.jats import JatsError, clean, parse_jats_file
-from indexer.packages import ArchiveLimits, Found, PackageError, Source, discover, unpacked, walk_extracted
-from training.fsio import sync_filesystem
+from indexer.jats import ArticleRecord, JatsError, clean, parse_jats_file
+from indexer.packages import Found, PackageError, Source, discover, walk_extracted
+from training.fsio import UnsafePathError, is_inside, safe_parts, sync_filesystem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
 _FULL_FIRST = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
@@ -58,11 +59,14 @@ class IngestLimits:
     max_archive_bytes: int = 2 * 1024**3
     max_member_bytes: int = 512 * 1024**2
     thumbnail_size: int = 320
+    max_archive_depth: int = 1  # archives unpacked one inside the other (a PMC package never nests one)
 
     @property
     def archive(self) -> ArchiveLimits:
         """The subset that applies to unpacking archives."""
-        return ArchiveLimits(self.max_archive_members, self.max_archive_bytes, self.max_member_bytes)
+        return ArchiveLimits(
+            self.max_archive_members, self.max_archive_bytes, self.max_member_bytes, self.max_archive_depth
+        )
 
 
 @dataclass(frozen=True)
@@ -190,11 +194,14 @@ class HrefResolver:
         else:
             if "://" in href or href.lower().startswith(("file:", "data:", "mailto:")):
                 return None
-            rel = PurePosixPath(href.replace("\\", "/"))
-            if rel.is_absolute() or ".." in rel.parts:
+            try:
+                parts = safe_parts(href, what="href")
+            except UnsafePathError:
                 return None
-            directory = self.base_dir.joinpath(*rel.parent.parts)
-            names = [rel.name]
+            if not parts:
+                return None
+            directory = self.base_dir.joinpath(*parts[:-1])
+            names = [parts[-1]]
         listing = self._names(directory)
         for name in names:
             for candidate in self._candidates(name):
@@ -213,22 +220,22 @@ class _Prepared:
     outcome: ArticleOutcome
 
 
-class _Run:
-    """State of one ingest_paths call."""
+# (figure row, image file or None, the reason when None): what the image store works through
+_Task = tuple[dict[str, Any], Path | None, str]
 
-    def __init__(
-        self, factory: sessionmaker[Session], data_home: Path, limits: IngestLimits, progress: bool
-    ) -> None:
+
+# --- recording: the catalogue side of one run ---------------------------------------------------------
+
+
+class _Recorder:
+    """The catalogue writes of one run: pending articles, batched transactions, the durability barrier."""
+
+    def __init__(self, factory: sessionmaker[Session], data_home: Path, report: IngestReport) -> None:
         self.factory = factory
         self.data_home = data_home
-        self.limits = limits
-        self.report = IngestReport()
+        self.report = report
         self.pending: dict[str, _Prepared] = {}
         self.unsynced = False  # image files written since the last durability barrier
-        self.pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)))
-        self.bar = tqdm(desc="ingest", unit="fig", disable=not progress, dynamic_ncols=True)
-
-    # --- catalogue -------------------------------------------------------------------------------------
 
     def known_hashes(self, keys: Sequence[str]) -> dict[str, str]:
         """content_hash of the given keys already in the catalogue or pending in this run."""
@@ -305,7 +312,21 @@ class _Run:
         self.report.removed_figure_ids.extend(removed)
         return ids
 
-    # --- images ----------------------------------------------------------------------------------------
+
+# --- images: decoded in threads, stored content-addressed ------------------------------------------------
+
+
+class _ImageStore:
+    """Stores the figure images of one run (a thread pool decodes them) into their rows."""
+
+    def __init__(self, data_home: Path, limits: IngestLimits, report: IngestReport, recorder: _Recorder,
+                 bar: tqdm[Any]) -> None:
+        self.data_home = data_home
+        self.limits = limits
+        self.report = report
+        self.recorder = recorder
+        self.bar = bar
+        self.pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)))
 
     def _store_one(self, path: Path) -> StoredImage | ImageRejected:
         try:
@@ -315,20 +336,17 @@ class _Run:
                 max_pixels=self.limits.max_image_pixels,
                 thumbnail_size=self.limits.thumbnail_size,
                 max_bytes=self.limits.max_member_bytes,
-                fsync=False,  # one sync_filesystem barrier per catalogue batch (see flush)
+                fsync=False,  # one sync_filesystem barrier per catalogue batch (see _Recorder.flush)
             )
         except ImageRejected as exc:
             return exc
 
-    def store_all(self, tasks: list[tuple[dict[str, Any], Path | None, str]], source: str) -> None:
-        """Store each task's image into its row, or mark the row caption-only with the reason.
-
-        ``tasks`` are (row, image file or None, reason when None); images are decoded in threads.
-        """
+    def store_all(self, tasks: list[_Task], source: str) -> None:
+        """Store each task's image into its row, or mark the row caption-only with the reason."""
         paths = [path for _, path, _ in tasks if path is not None]
         results = self.pool.map(self._store_one, paths)
         if paths:
-            self.unsynced = True
+            self.recorder.unsynced = True
         for row, path, missing in tasks:
             self.bar.update(1)
             if path is None:
@@ -351,162 +369,177 @@ class _Run:
                 height=stored.height,
             )
 
-    # --- sources ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the decoding threads."""
+        self.pool.shutdown()
 
-    def jats(self, source: Source) -> None:
-        """Parse one article XML, store its figure images and queue it."""
-        record = parse_jats_file(source.path)
-        name = source.path.name
-        stem = name[: name.lower().rfind(".xml")] if ".xml" in name.lower() else source.path.stem
-        key = record.key(stem)
-        outcome = ArticleOutcome(key, source.origin, "unchanged", figure_elements=len(record.figures))
-        self.report.articles.append(outcome)
-        if self.known_hashes([key]).get(key) == record.content_hash:
-            self.bar.update(len(record.figures))
-            return
-        resolver = HrefResolver(source.path.parent)
-        rows: list[dict[str, Any]] = []
-        tasks: list[tuple[dict[str, Any], Path | None, str]] = []
-        for fig in record.figures:
-            for index, href in enumerate(fig.hrefs or [None], start=1):
-                row: dict[str, Any] = {
-                    "key": _cut(f"{fig.key_base}/{index}", 300),
-                    "fig_id": _cut(fig.fig_id, 200),
-                    "position": len(rows),
-                    "label": _cut(fig.label, 200),
-                    "caption_title": fig.caption_title,
-                    "caption": fig.caption,
-                    "mentions": fig.mentions,
-                    "section": fig.section,
-                    "graphic_href": href,
-                    "extra": {"graphics_in_fig": len(fig.hrefs)},
-                }
-                if href is None:
-                    tasks.append((row, None, "no <graphic> in this <fig>"))
-                else:
-                    tasks.append((row, resolver.resolve(href), f"no file for href {href!r}"))
-                rows.append(row)
-        self.store_all(tasks, source.origin)
-        if source.single:
-            self._report_orphans(resolver, record.media_hrefs, source.origin)
-        extra: dict[str, Any] = {"figure_elements": len(record.figures)}
-        if record.license_statement:
-            extra["license_statement"] = record.license_statement
-        if record.substituted_entities:
-            extra["dtd_entities_mapped"] = record.substituted_entities
-        fields = {
-            "pmcid": record.pmcid,
-            "pmid": _cut(record.pmid, 32),
-            "doi": _cut(record.doi, 300),
-            "title": record.title,
-            "journal": _cut(record.journal, 500),
-            "year": record.year,
-            "license": _cut(record.license, 200),
-            "license_url": _cut(record.license_url, 500),
-            "lang": _cut(record.lang, 16),
-            "article_type": _cut(record.article_type, 100),
-            "source": source.origin,
-            "extra": extra,
-        }
-        outcome.figures = len(rows)
-        outcome.images = sum(1 for r in rows if r.get("image_path"))
-        self.add(_Prepared(key, record.content_hash, fields, rows, outcome))
 
-    def _report_orphans(self, resolver: HrefResolver, hrefs: list[str], origin: str) -> None:
-        """Report image-named files in the package that no href uses and that are not images."""
-        used = {p for p in (resolver.resolve(h) for h in hrefs) if p is not None}
-        for path in resolver.image_files():
-            if path in used:
-                continue
-            reason = sniff_image(path, max_pixels=self.limits.max_image_pixels)
-            if reason:
-                self.report.skipped.append(
-                    Skipped(origin, path.name, reason.split(":")[0], f"unreferenced file {path.name}: {reason}")
-                )
+# --- per-source processing: one article XML, one manifest ---------------------------------------------------
 
-    def manifest(self, source: Source) -> None:
-        """Ingest a JSONL manifest of image/caption pairs (grouped per case_id when present)."""
-        base = source.path.parent
-        groups: dict[str, list[tuple[int, bytes, dict[str, Any]]]] = {}
-        stem = f"{base.name}/{source.path.stem}"
-        with source.path.open("rb") as fh:
-            for number, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw)
-                except ValueError as exc:
-                    self.report.skipped.append(Skipped(source.origin, f"line {number}", "invalid JSON", str(exc)))
-                    continue
-                if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
-                    self.report.skipped.append(
-                        Skipped(source.origin, f"line {number}", "no image field", "line lacks an 'image' path")
-                    )
-                    continue
-                case = obj.get("case_id")
-                key = f"manifest:{stem}#{case}" if isinstance(case, str | int) and str(case) else f"manifest:{stem}"
-                groups.setdefault(key[:300], []).append((number, raw.strip(), obj))
-        known = self.known_hashes(list(groups))
-        resolved_base = base.resolve()
-        # images of many groups go to the thread pool together; articles are queued after each chunk
-        waiting: list[_Prepared] = []
-        tasks: list[tuple[dict[str, Any], Path | None, str]] = []
 
-        def drain() -> None:
-            self.store_all(tasks, source.origin)
-            tasks.clear()
-            for prepared in waiting:
-                prepared.outcome.figures = len(prepared.figures)
-                prepared.outcome.images = sum(1 for r in prepared.figures if r.get("image_path"))
-                self.add(prepared)
-            waiting.clear()
-
-        for key, lines in groups.items():
-            digest = hashlib.sha256(b"\n".join(raw for _, raw, _ in lines)).hexdigest()
-            outcome = ArticleOutcome(key, source.origin, "unchanged", figure_elements=len(lines))
-            self.report.articles.append(outcome)
-            if known.get(key) == digest:
-                self.bar.update(len(lines))
-                continue
-            rows: list[dict[str, Any]] = []
-            used_keys: set[str] = set()
-            for number, _, obj in lines:
-                fig_key = str(obj.get("id") or f"line-{number}")[:280]
-                if fig_key in used_keys:
-                    fig_key = f"{fig_key}#{number}"
-                used_keys.add(fig_key)
-                caption = obj.get("caption")
-                row: dict[str, Any] = {
-                    "key": fig_key,
-                    "fig_id": _cut(str(obj["id"]), 200) if obj.get("id") else None,
-                    "position": len(rows),
-                    "caption": clean(caption) if isinstance(caption, str) else "",
-                    "mentions": [],
-                    "graphic_href": obj["image"],
-                    "extra": {k: v for k, v in obj.items() if k not in ("image", "caption")},
-                }
-                rel = PurePosixPath(obj["image"].replace("\\", "/"))
-                path = base.joinpath(*rel.parts)
-                if rel.is_absolute() or ".." in rel.parts or not path.resolve().is_relative_to(resolved_base):
-                    row["skip_reason"] = f"image path {obj['image']!r} escapes the manifest folder"
-                    self.bar.update(1)
-                    self.report.skipped.append(Skipped(source.origin, fig_key, "unsafe path", row["skip_reason"]))
-                elif not path.is_file() or path.is_symlink():
-                    tasks.append((row, None, f"no file {obj['image']!r}"))
-                else:
-                    tasks.append((row, path, ""))
-                rows.append(row)
-            case_id = lines[0][2].get("case_id")
-            fields = {
-                "title": _cut(f"{source.path.stem} {case_id}" if case_id else source.path.stem, 2000),
-                "source": source.origin,
-                "article_type": "image-caption-pairs",
-                "extra": {"manifest": source.path.name, **({"case_id": case_id} if case_id else {})},
+def _figure_tasks(record: ArticleRecord, resolver: HrefResolver) -> list[_Task]:
+    """One row per (figure, graphic) of ``record`` with the file its href names (or why none)."""
+    tasks: list[_Task] = []
+    for fig in record.figures:
+        for index, href in enumerate(fig.hrefs or [None], start=1):
+            row: dict[str, Any] = {
+                "key": _cut(f"{fig.key_base}/{index}", 300),
+                "fig_id": _cut(fig.fig_id, 200),
+                "position": len(tasks),
+                "label": _cut(fig.label, 200),
+                "caption_title": fig.caption_title,
+                "caption": fig.caption,
+                "mentions": fig.mentions,
+                "section": fig.section,
+                "graphic_href": href,
+                "extra": {"graphics_in_fig": len(fig.hrefs)},
             }
-            waiting.append(_Prepared(key, digest, fields, rows, outcome))
-            if len(tasks) >= _BATCH_FIGURES:
-                drain()
-        drain()
+            if href is None:
+                tasks.append((row, None, "no <graphic> in this <fig>"))
+            else:
+                tasks.append((row, resolver.resolve(href), f"no file for href {href!r}"))
+    return tasks
+
+
+def _article_fields(record: ArticleRecord, origin: str) -> dict[str, Any]:
+    """The Article columns of ``record`` (cut to their sizes)."""
+    extra: dict[str, Any] = {"figure_elements": len(record.figures)}
+    if record.license_statement:
+        extra["license_statement"] = record.license_statement
+    if record.substituted_entities:
+        extra["dtd_entities_mapped"] = record.substituted_entities
+    return {
+        "pmcid": record.pmcid,
+        "pmid": _cut(record.pmid, 32),
+        "doi": _cut(record.doi, 300),
+        "title": record.title,
+        "journal": _cut(record.journal, 500),
+        "year": record.year,
+        "license": _cut(record.license, 200),
+        "license_url": _cut(record.license_url, 500),
+        "lang": _cut(record.lang, 16),
+        "article_type": _cut(record.article_type, 100),
+        "source": origin,
+        "extra": extra,
+    }
+
+
+_Line = tuple[int, bytes, dict[str, Any]]  # (line number, raw bytes, parsed object) of a manifest line
+
+
+def _manifest_groups(source: Source, report: IngestReport) -> dict[str, list[_Line]]:
+    """The usable lines of a JSONL manifest grouped into articles (per case_id when present)."""
+    groups: dict[str, list[_Line]] = {}
+    stem = f"{source.path.parent.name}/{source.path.stem}"
+    with source.path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError as exc:
+                report.skipped.append(Skipped(source.origin, f"line {number}", "invalid JSON", str(exc)))
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
+                report.skipped.append(
+                    Skipped(source.origin, f"line {number}", "no image field", "line lacks an 'image' path")
+                )
+                continue
+            case = obj.get("case_id")
+            key = f"manifest:{stem}#{case}" if isinstance(case, str | int) and str(case) else f"manifest:{stem}"
+            groups.setdefault(key[:300], []).append((number, raw.strip(), obj))
+    return groups
+
+
+def _manifest_image(base: Path, image: str) -> Path | None:
+    """The file a manifest line's ``image`` names under ``base``, or None when it leaves the folder."""
+    try:
+        path = base.joinpath(*safe_parts(image, what="image path"))
+    except UnsafePathError:
+        return None
+    return path if is_inside(path, base) else None
+
+
+def _manifest_rows(
+    source: Source, lines: list[_Line], report: IngestReport, bar: tqdm[Any]
+) -> tuple[list[dict[str, Any]], list[_Task]]:
+    """The figure rows of one manifest article, and the image-store tasks of those whose path is safe."""
+    rows: list[dict[str, Any]] = []
+    tasks: list[_Task] = []
+    used_keys: set[str] = set()
+    for number, _, obj in lines:
+        fig_key = str(obj.get("id") or f"line-{number}")[:280]
+        if fig_key in used_keys:
+            fig_key = f"{fig_key}#{number}"
+        used_keys.add(fig_key)
+        caption = obj.get("caption")
+        row: dict[str, Any] = {
+            "key": fig_key,
+            "fig_id": _cut(str(obj["id"]), 200) if obj.get("id") else None,
+            "position": len(rows),
+            "caption": clean(caption) if isinstance(caption, str) else "",
+            "mentions": [],
+            "graphic_href": obj["image"],
+            "extra": {k: v for k, v in obj.items() if k not in ("image", "caption")},
+        }
+        path = _manifest_image(source.path.parent, obj["image"])
+        if path is None:
+            row["skip_reason"] = f"image path {obj['image']!r} escapes the manifest folder"
+            bar.update(1)
+            report.skipped.append(Skipped(source.origin, fig_key, "unsafe path", row["skip_reason"]))
+        elif not path.is_file() or path.is_symlink():
+            tasks.append((row, None, f"no file {obj['image']!r}"))
+        else:
+            tasks.append((row, path, ""))
+        rows.append(row)
+    return rows, tasks
+
+
+class _Run:
+    """One ingest_paths call: discovery (sources and archives, under one budget), per-source
+    processing (an article XML, a manifest), recording (:class:`_Recorder`)."""
+
+    def __init__(
+        self, factory: sessionmaker[Session], data_home: Path, limits: IngestLimits, progress: bool
+    ) -> None:
+        self.data_home = data_home
+        self.limits = limits
+        self.report = IngestReport()
+        self.budget = ArchiveBudget(limits.archive)  # one budget for every archive of the run
+        self.bar = tqdm(desc="ingest", unit="fig", disable=not progress, dynamic_ncols=True)
+        self.recorder = _Recorder(factory, data_home, self.report)
+        self.images = _ImageStore(data_home, limits, self.report, self.recorder, self.bar)
+
+    def close(self) -> None:
+        """Release the progress bar and the decoding threads."""
+        self.bar.close()
+        self.images.close()
+
+    # --- discovery ---------------------------------------------------------------------------------------
+
+    def expand(self, found: Iterator[Found]) -> None:
+        """Ingest what discovery yields: sources, archives (unpacked under the run's budget), skips."""
+        for item in found:
+            if item.skipped is not None:
+                self.report.skipped.append(Skipped(item.skipped[0], "", "not ingestible", item.skipped[1]))
+            elif item.source is not None:
+                self.source(item.source)
+            elif item.archive is not None:
+                self.archive(item.archive, item.origin or str(item.archive))
+
+    def archive(self, path: Path, origin: str) -> None:
+        """Unpack one archive (inside the data home: its filesystem, nothing written elsewhere) and
+        ingest what it holds; a refused archive is reported and stores nothing of its own."""
+        try:
+            with unpacked(path, self.budget, tmp_root=self.data_home / ".tmp") as folder:
+                self.expand(walk_extracted(folder, path))
+                self.recorder.flush()  # images are stored; write before the folder goes away
+        except NestedArchiveError as exc:
+            self.report.failed.append(Skipped(origin, "", "nested archive", str(exc)))
+        except ArchiveError as exc:
+            self.report.failed.append(Skipped(origin, "", "refused package", str(exc)))
+
+    # --- per-source processing -------------------------------------------------------------------------
 
     def source(self, source: Source) -> None:
         """Ingest one source, turning a refusal into a report entry (nothing of it is stored)."""
@@ -521,21 +554,78 @@ class _Run:
         except OSError as exc:
             self.report.failed.append(Skipped(source.origin, "", "unreadable", str(exc)))
 
+    def jats(self, source: Source) -> None:
+        """Parse one article XML, store its figure images and queue it."""
+        record = parse_jats_file(source.path)
+        name = source.path.name
+        stem = name[: name.lower().rfind(".xml")] if ".xml" in name.lower() else source.path.stem
+        key = record.key(stem)
+        outcome = ArticleOutcome(key, source.origin, "unchanged", figure_elements=len(record.figures))
+        self.report.articles.append(outcome)
+        if self.recorder.known_hashes([key]).get(key) == record.content_hash:
+            self.bar.update(len(record.figures))
+            return
+        resolver = HrefResolver(source.path.parent)
+        tasks = _figure_tasks(record, resolver)
+        self.images.store_all(tasks, source.origin)
+        if source.single:
+            self._report_orphans(resolver, record.media_hrefs, source.origin)
+        rows = [row for row, _, _ in tasks]
+        outcome.figures = len(rows)
+        outcome.images = sum(1 for r in rows if r.get("image_path"))
+        self.recorder.add(_Prepared(key, record.content_hash, _article_fields(record, source.origin), rows, outcome))
 
-def _expand(found: Iterator[Found], run: _Run, limits: IngestLimits) -> None:
-    for item in found:
-        if item.skipped is not None:
-            run.report.skipped.append(Skipped(item.skipped[0], "", "not ingestible", item.skipped[1]))
-        elif item.source is not None:
-            run.source(item.source)
-        elif item.archive is not None:
-            try:
-                # unpacked inside the data home (its filesystem, nothing written elsewhere)
-                with unpacked(item.archive, limits.archive, tmp_root=run.data_home / ".tmp") as folder:
-                    _expand(walk_extracted(folder, item.archive), run, limits)
-                    run.flush()  # images are stored; write before the folder goes away
-            except PackageError as exc:
-                run.report.failed.append(Skipped(str(item.archive), "", "refused package", str(exc)))
+    def _report_orphans(self, resolver: HrefResolver, hrefs: list[str], origin: str) -> None:
+        """Report image-named files in the package that no href uses and that are not images."""
+        used = {p for p in (resolver.resolve(h) for h in hrefs) if p is not None}
+        for path in resolver.image_files():
+            if path in used:
+                continue
+            reason = sniff_image(path, max_pixels=self.limits.max_image_pixels)
+            if reason:
+                self.report.skipped.append(
+                    Skipped(origin, path.name, reason.split(":")[0], f"unreferenced file {path.name}: {reason}")
+                )
+
+    def manifest(self, source: Source) -> None:
+        """Ingest a JSONL manifest of image/caption pairs (grouped per case_id when present).
+
+        Images of many groups go to the thread pool together; articles are queued after each chunk.
+        """
+        groups = _manifest_groups(source, self.report)
+        known = self.recorder.known_hashes(list(groups))
+        waiting: list[_Prepared] = []
+        tasks: list[_Task] = []
+
+        def drain() -> None:
+            self.images.store_all(tasks, source.origin)
+            tasks.clear()
+            for prepared in waiting:
+                prepared.outcome.figures = len(prepared.figures)
+                prepared.outcome.images = sum(1 for r in prepared.figures if r.get("image_path"))
+                self.recorder.add(prepared)
+            waiting.clear()
+
+        for key, lines in groups.items():
+            digest = hashlib.sha256(b"\n".join(raw for _, raw, _ in lines)).hexdigest()
+            outcome = ArticleOutcome(key, source.origin, "unchanged", figure_elements=len(lines))
+            self.report.articles.append(outcome)
+            if known.get(key) == digest:
+                self.bar.update(len(lines))
+                continue
+            rows, group_tasks = _manifest_rows(source, lines, self.report, self.bar)
+            tasks.extend(group_tasks)
+            case_id = lines[0][2].get("case_id")
+            fields = {
+                "title": _cut(f"{source.path.stem} {case_id}" if case_id else source.path.stem, 2000),
+                "source": source.origin,
+                "article_type": "image-caption-pairs",
+                "extra": {"manifest": source.path.name, **({"case_id": case_id} if case_id else {})},
+            }
+            waiting.append(_Prepared(key, digest, fields, rows, outcome))
+            if len(tasks) >= _BATCH_FIGURES:
+                drain()
+        drain()
 
 
 def ingest_paths(
@@ -549,8 +639,10 @@ def ingest_paths(
     """Ingest every package / folder / XML / JSONL manifest under ``paths`` into the catalogue.
 
     ``data_home`` receives the images under ``media/``; the catalogue must already be migrated.
-    Returns an :class:`IngestReport`; raises PackageError only for a path that does not exist or
-    is of no supported kind (checked before anything is written).
+    Every archive of the run (and any archive inside one) is unpacked under one
+    :class:`~indexer.archives.ArchiveBudget`. Returns an :class:`IngestReport`; raises
+    PackageError only for a path that does not exist or is of no supported kind (checked before
+    anything is written).
     """
     started = time.perf_counter()
     paths = [Path(p) for p in paths]
@@ -561,12 +653,11 @@ def ingest_paths(
     try:
         for path in paths:
             try:
-                _expand(discover([path]), run, limits)
+                run.expand(discover([path]))
             except PackageError as exc:
                 run.report.failed.append(Skipped(str(path), "", "not ingestible", str(exc)))
-        run.flush()
+        run.recorder.flush()
     finally:
-        run.bar.close()
-        run.pool.shutdown()
+        run.close()
     run.report.seconds = time.perf_counter() - started
     return run.report

@@ -3,8 +3,7 @@
 A path may be:
 
 - a PMC OA package (``.tar.gz`` / ``.tgz`` / ``.tar``): unpacked into a temporary directory by
-  :func:`extract_archive` (regular files and folders only; no member may escape the folder; member
-  count, member size and total size are capped), then searched like a directory;
+  :func:`indexer.archives.unpacked` (its member rules and budget), then searched like a directory;
 - an article folder (a directory holding ``*.nxml`` / ``*.xml``): each XML is one article, its
   images resolve against that folder;
 - a bare XML file (any name; sniffed): one article whose images resolve against its folder;
@@ -16,38 +15,18 @@ A path may be:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tarfile
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 XML_SUFFIXES = (".nxml", ".xml")
-_CHUNK = 1024 * 1024
 
 
 class PackageError(ValueError):
     """A path cannot be ingested (missing, unsupported or unreadable)."""
-
-
-class UnsafeArchiveError(PackageError):
-    """An archive was refused: a member escapes the folder, is a link or device, or a cap is hit."""
-
-
-@dataclass(frozen=True)
-class ArchiveLimits:
-    """Caps applied while unpacking one archive."""
-
-    max_members: int
-    max_bytes: int  # total unpacked bytes
-    max_member_bytes: int
 
 
 @dataclass(frozen=True)
@@ -67,6 +46,7 @@ class Found:
     source: Source | None = None
     archive: Path | None = None
     skipped: tuple[str, str] | None = None  # (path, reason)
+    origin: str | None = None  # for an archive: how to name it in reports ("<outer>!<member>" inside one)
 
 
 def is_archive(path: Path) -> bool:
@@ -108,7 +88,7 @@ def _walk_dir(directory: Path, origin_prefix: str) -> Iterator[Found]:
         elif entry.is_dir():
             yield from _walk_dir(entry, origin_prefix + entry.name + "/")
         elif is_archive(entry):
-            yield Found(archive=entry)
+            yield Found(archive=entry, origin=origin_prefix + entry.name)
         elif entry.name.lower().endswith(".jsonl"):
             if _is_pair_manifest(entry):
                 yield Found(source=Source("manifest", entry, origin_prefix + entry.name))
@@ -129,7 +109,7 @@ def discover(paths: list[Path]) -> Iterator[Found]:
         if path.is_dir():
             yield from _walk_dir(path, f"{path.resolve()}/")
         elif is_archive(path):
-            yield Found(archive=path)
+            yield Found(archive=path, origin=str(path))
         elif path.name.lower().endswith(".jsonl"):
             yield Found(source=Source("manifest", path, str(path.resolve())))
         elif _looks_like_xml(path):
@@ -146,80 +126,18 @@ def walk_extracted(root: Path, archive: Path) -> Iterator[Found]:
     yield from _walk_dir(root, f"{archive.name}!")
 
 
-def _safe_member_path(dest: Path, name: str) -> Path:
-    pure = PurePosixPath(name.replace("\\", "/"))
-    if pure.is_absolute() or name.startswith(("/", "\\")) or ".." in pure.parts or "\x00" in name:
-        raise UnsafeArchiveError(f"member {name!r} escapes the package folder")
-    parts = [p for p in pure.parts if p not in ("", ".")]
-    if not parts:
-        raise UnsafeArchiveError(f"member {name!r} has no usable name")
-    target = dest.joinpath(*parts)
-    resolved_dest = dest.resolve()
-    if not target.resolve().is_relative_to(resolved_dest):
-        raise UnsafeArchiveError(f"member {name!r} escapes the package folder")
-    return target
+def discoverable_archives(files: Iterable[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Of the files (as path parts) of an unpacked tree, those :func:`walk_extracted` would yield as
+    archives to unpack: archive names in folders where neither the folder nor any folder above
+    it holds an article XML (an article folder's other files are its media, never walked).
 
-
-def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
-    """Unpack ``archive`` into the existing empty directory ``dest``, refusing anything unsafe.
-
-    Only regular files and directories are written (mode 0644 / 0755). Raises UnsafeArchiveError
-    for links, devices, members escaping ``dest``, more than ``max_members`` members, a member over
-    ``max_member_bytes`` or a total over ``max_bytes``; PackageError for an unreadable archive.
-    The caller discards ``dest`` on error.
+    Lets an upload refuse a nested archive from its member list before anything is queued.
     """
-    total = 0
-    count = 0
-    try:
-        with tarfile.open(archive, mode="r:*") as tar:
-            while True:
-                member = tar.next()
-                if member is None:
-                    break
-                count += 1
-                if count > limits.max_members:
-                    raise UnsafeArchiveError(f"more than {limits.max_members} members")
-                if not (member.isfile() or member.isdir()):
-                    kind = "link" if (member.issym() or member.islnk()) else "special file"
-                    raise UnsafeArchiveError(f"member {member.name!r} is a {kind}; refused")
-                target = _safe_member_path(dest, member.name)
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True, mode=0o755)
-                    continue
-                if member.size > limits.max_member_bytes:
-                    raise UnsafeArchiveError(
-                        f"member {member.name!r} is {member.size} bytes, over {limits.max_member_bytes}"
-                    )
-                total += member.size
-                if total > limits.max_bytes:
-                    raise UnsafeArchiveError(f"unpacked size over {limits.max_bytes} bytes")
-                target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-                if target.exists() or target.is_symlink():
-                    raise UnsafeArchiveError(f"member {member.name!r} appears twice")
-                src = tar.extractfile(member)
-                if src is None:
-                    raise UnsafeArchiveError(f"member {member.name!r} cannot be read")
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-                with os.fdopen(fd, "wb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, PackageError):
-            raise
-        raise PackageError(f"{archive.name}: cannot unpack: {exc}") from exc
-
-
-@contextmanager
-def unpacked(archive: Path, limits: ArchiveLimits, tmp_root: Path | None = None) -> Iterator[Path]:
-    """Unpack ``archive`` into a fresh temporary directory (under ``tmp_root`` when given, created
-    if missing), yield it, then delete it."""
-    if tmp_root is not None:
-        tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="bms-pkg-", dir=tmp_root))
-    try:
-        extract_archive(archive, tmp, limits)
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if tmp_root is not None:
-            with contextlib.suppress(OSError):  # only when empty (another run may be using it)
-                tmp_root.rmdir()
+    files = list(files)
+    with_xml = {parts[:-1] for parts in files if parts[-1].lower().endswith(XML_SUFFIXES)}
+    found = []
+    for parts in files:
+        folders = [parts[:i] for i in range(len(parts))]
+        if is_archive(Path(parts[-1])) and not any(f in with_xml for f in folders):
+            found.append(parts)
+    return found

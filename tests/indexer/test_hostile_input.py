@@ -16,11 +16,11 @@ import sqlalchemy as sa
 from hostile_xml import BILLION_LAUGHS
 from ingest_fixtures import LIMITS, article_xml, bomb_png, factory_for, fig, jpeg_bytes, make_tar
 
+from indexer.archives import ArchiveBudget, ArchiveLimits, UnsafeArchiveError, extract
 from indexer.catalogue import Article, Figure
 from indexer.images import ImageRejected, store_image
 from indexer.ingest import ingest_paths
 from indexer.jats import HostileXMLError, parse_jats
-from indexer.packages import UnsafeArchiveError, extract_archive
 
 EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
 <!DOCTYPE article [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
@@ -32,6 +32,11 @@ def _tar_with(path: Path, add: object) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         add(tar)  # type: ignore[operator]
     return path
+
+
+def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
+    """Unpack one archive under a fresh budget (what ingestion does for a top-level package)."""
+    extract(archive, dest, ArchiveBudget(limits))
 
 
 def _dest(tmp_path: Path) -> Path:
@@ -79,7 +84,7 @@ def test_huge_member_and_huge_total_are_refused(tmp_path: Path) -> None:
         extract_archive(pkg, _dest(tmp_path), replace(LIMITS, max_member_bytes=100_000).archive)
     many = make_tar(tmp_path / "total.tar.gz", [(f"a/{i}.bin", blob) for i in range(6)])
     (tmp_path / "d2").mkdir()
-    with pytest.raises(UnsafeArchiveError, match="unpacked size"):
+    with pytest.raises(UnsafeArchiveError, match="unpacks to more than 1000000 bytes"):
         extract_archive(many, tmp_path / "d2", replace(LIMITS, max_archive_bytes=1_000_000).archive)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from ingest_fixtures import LIMITS, article_xml, jpeg_bytes, make_tar
 
-from indexer.packages import PackageError, discover, extract_archive, unpacked
+from indexer.archives import ArchiveBudget, ArchiveError, extract, unpacked
+from indexer.packages import PackageError, discover, discoverable_archives
 
 
 def test_discovery_of_each_kind(tmp_path: Path) -> None:
@@ -47,7 +48,7 @@ def test_real_package_unpacks_to_its_folder(shared_data: Path, tmp_path: Path) -
     pkg = shared_data / "jats" / "packages" / "elife-19405.tar.gz"
     dest = tmp_path / "out"
     dest.mkdir()
-    extract_archive(pkg, dest, LIMITS.archive)
+    extract(pkg, dest, ArchiveBudget(LIMITS.archive))
     names = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert names == ["elife-19405/elife-19405-fig1.jpg", "elife-19405/elife-19405-inf1.jpg",
                      "elife-19405/elife-19405.nxml"]
@@ -58,15 +59,34 @@ def test_real_package_unpacks_to_its_folder(shared_data: Path, tmp_path: Path) -
 
 def test_unpacked_folder_is_removed_afterwards(tmp_path: Path) -> None:
     pkg = make_tar(tmp_path / "p.tar.gz", [("p/a.nxml", article_xml())])
-    with unpacked(pkg, LIMITS.archive, tmp_root=tmp_path) as folder:
+    with unpacked(pkg, ArchiveBudget(LIMITS.archive), tmp_root=tmp_path) as folder:
         assert (folder / "p" / "a.nxml").is_file()
     assert not folder.exists()
 
 
-def test_corrupt_archive_is_a_package_error(tmp_path: Path) -> None:
+def test_corrupt_archive_is_an_archive_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(b"\x1f\x8b\x08\x00garbage")
     dest = tmp_path / "d"
     dest.mkdir()
-    with pytest.raises(PackageError, match="cannot unpack"):
-        extract_archive(bad, dest, LIMITS.archive)
+    with pytest.raises(ArchiveError, match="unreadable archive"):
+        extract(bad, dest, ArchiveBudget(LIMITS.archive))
+
+
+def test_a_tar_of_the_current_folder_unpacks(tmp_path: Path) -> None:
+    """``tar -C dir .`` writes a ``./`` root member: passed over, not refused."""
+    pkg = make_tar(tmp_path / "dot.tar.gz", [("./a.nxml", article_xml())])
+    with unpacked(pkg, ArchiveBudget(LIMITS.archive), tmp_root=tmp_path / "t") as folder:
+        assert (folder / "a.nxml").is_file()
+
+
+def test_discoverable_archives_mirror_discovery(tmp_path: Path) -> None:
+    files = [("bulk", "a.tar.gz"), ("art", "art.nxml"), ("art", "supp.tar.gz"), ("art", "sub", "x.tgz"), ("top.tar",)]
+    assert discoverable_archives(files) == [("bulk", "a.tar.gz"), ("top.tar",)]
+    root = tmp_path / "root"
+    for parts in files:
+        path = root.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(article_xml() if path.suffix == ".nxml" else b"x")
+    found = sorted(f.archive.relative_to(root).parts for f in discover([root]) if f.archive)
+    assert found == sorted(discoverable_archives(files))
