@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.jobs_queue import update_job
 from app.reindex import catalogue, reindex_options
+from indexer.archives import ArchiveLimits
 from indexer.catalogue import Job, utcnow
 from indexer.index_update import IndexReport
 from indexer.ingest import IngestReport
-from indexer.packages import ArchiveLimits
 from indexer.pipeline import Encoders, ReindexReport, reindex
 from indexer.vocabulary import JobKind, JobState, Stage
 
