@@ -23,6 +23,7 @@ from indexer.archives import ArchiveLimits
 from indexer.catalogue import Job, utcnow
 from indexer.index_update import IndexReport
 from indexer.ingest import IngestReport
+from indexer.job_inputs import check_job_paths
 from indexer.pipeline import Encoders, ReindexReport, reindex
 from indexer.vocabulary import JobKind, JobState, Stage
 
@@ -123,7 +124,7 @@ class JobRun:
         return True
 
     def _stages(self) -> None:
-        paths = [Path(p) for p in self.job.payload.get("paths", [])]
+        paths = check_job_paths(self.job.payload.get("paths"), self.settings.data_home)  # issue 17: one rule
         if self.job.kind == JobKind.FETCH:
             self._enter(Stage.FETCH, 0.0)
             started = time.perf_counter()

@@ -19,11 +19,18 @@ indexes in the backup are exactly those the catalogue snapshot records. Media ar
 snapshot; image files are written before the rows that name them, so every image the snapshot
 names is there.
 
-:func:`restore_backup` checks the manifest (only relative paths inside the data home), refuses a
-data home that holds anything unless ``force``, copies every file into a staging folder inside the
-data home while verifying its sha256, and only then swaps the staged folders in and restores the
-catalogue (SQLite: the file is replaced atomically; PostgreSQL: ``pg_restore --clean``). Nothing
-is written outside the data home except the configured catalogue database itself.
+:func:`restore_backup` trusts nothing in the backup folder: it accepts only what
+:func:`create_backup` writes (the allow-lists of :mod:`indexer.backup_policy`: files under
+``media/``, ``indexes/``, ``models/`` and ``uploads/`` only, no dotfiles, database sidecars or links,
+model folders without pickles, code or remote-code configs, a PostgreSQL dump of this schema
+only), refuses a data home that holds anything unless ``force``, copies every file into a staging
+folder inside the data home while verifying its sha256, checks the staged model configs, and only
+then swaps the staged folders in and restores the catalogue (SQLite: the file is replaced
+atomically; PostgreSQL: ``pg_restore --clean --no-owner --no-privileges``, refused when the
+restoring role is a superuser unless ``allow_superuser``). Restored jobs that are still to run
+and name files outside ``uploads/`` / ``downloads/`` are marked failed (:mod:`indexer.job_inputs`;
+the worker checks the same rule again). Nothing is written outside the data home except the
+configured catalogue database itself.
 """
 
 from __future__ import annotations
@@ -48,19 +55,29 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from tqdm import tqdm
 
+from indexer.backup_policy import (
+    PRIVILEGED_ROLE_SQL,
+    TOP_FOLDERS,
+    BackupError,
+    check_member,
+    check_model_folders,
+    check_pg_schema_sql,
+    check_pg_toc,
+    privileged_role,
+    safe_relative,
+)
+from indexer.job_inputs import first_violation
+from indexer.vocabulary import JobState
 from training.fsio import atomic_path, copy_hashed, create_new, fsync_dir, fsync_tree, write_atomic
+
+__all__ = ["BackupError", "BackupReport", "create_backup", "read_manifest", "restore_backup", "safe_relative"]
 
 FORMAT = "biomedsearch-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FILES = "files"
 TABLES = ("articles", "figures", "embeddings", "index_versions", "jobs")
-SKIP_TOP = ("downloads",)  # re-fetchable cache
 _CHUNK = 1 << 20
-
-
-class BackupError(ValueError):
-    """A backup cannot be written or restored; ``str(exc)`` says why."""
 
 
 @dataclass
@@ -73,6 +90,18 @@ class BackupReport:
     bytes: int = 0
     rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # backup: files a restore would refuse
+    refused_jobs: list[str] = field(default_factory=list)  # restore: jobs marked failed, and why
+
+    def warnings(self) -> list[str]:
+        """Lines to show beside the summary: what was left out or neutralised."""
+        out = []
+        if self.skipped:
+            out.append(
+                f"left out {len(self.skipped)} file(s) a restore would refuse (e.g. {self.skipped[0][:200]})"
+            )
+        out.extend(self.refused_jobs)
+        return out
 
     def summary(self, verb: str = "backed up") -> str:
         """One line."""
@@ -144,20 +173,13 @@ def _is_temporary(name: str) -> bool:
     return name == ".lock" or (name.startswith(".") and (".tmp" in name or name.startswith((".unzip.", ".restore"))))
 
 
-def _data_files(
-    data_home: Path, exclude: set[Path], skip_top: tuple[str, ...] = SKIP_TOP
-) -> Iterator[tuple[Path, str]]:
-    """Regular files under ``data_home`` to back up, as (absolute path, relative posix path)."""
-    for dirpath, dirs, files in os.walk(data_home):
+def _data_files(root: Path, exclude: set[Path]) -> Iterator[tuple[Path, str]]:
+    """Regular files under ``root`` to back up, as (absolute path, relative posix path): no links
+    (never followed), no temporary or lock files, nothing in ``exclude``."""
+    for dirpath, dirs, files in os.walk(root):
         here = Path(dirpath)
-        rel_dir = here.relative_to(data_home)
-        dirs[:] = sorted(
-            d
-            for d in dirs
-            if not (here / d).is_symlink()
-            and not _is_temporary(d)
-            and not (rel_dir == Path(".") and d in skip_top)
-        )
+        rel_dir = here.relative_to(root)
+        dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink() and not _is_temporary(d))
         for name in sorted(files):
             path = here / name
             if path in exclude or _is_temporary(name) or path.is_symlink() or not path.is_file():
@@ -266,6 +288,11 @@ def create_backup(
         bar = tqdm(desc="backup", unit="B", unit_scale=True, disable=not progress, leave=False)
 
         def copy(path: Path, rel: str) -> None:
+            try:
+                check_member(rel)
+            except BackupError:
+                report.skipped.append(rel)
+                return
             with open(path, "rb") as src:
                 digest, size = _write_new(tmp / FILES / rel, src)
             files.append({"path": rel, "bytes": size, "sha256": digest})
@@ -282,9 +309,15 @@ def create_backup(
                 _dump_postgres(database_url, tmp / db_name, pg_dump)
             for path, rel in _data_files(index_dir, exclude):
                 copy(path, f"indexes/{rel}")
-        for path, rel in _data_files(data_home, exclude, (*SKIP_TOP, "indexes")):
-            copy(path, rel)
+        for top in TOP_FOLDERS:  # downloads/ (a re-fetchable cache) and anything else stay out
+            if top != "indexes" and (data_home / top).is_dir() and not (data_home / top).is_symlink():
+                for path, rel in _data_files(data_home / top, exclude):
+                    copy(path, f"{top}/{rel}")
         bar.close()
+        try:  # a model a restore would refuse makes the backup useless: say so now
+            check_model_folders(tmp / FILES / "models")
+        except BackupError as exc:
+            raise BackupError(f"{exc}; fix or remove that model before backing up") from None
         with open(tmp / db_name, "rb") as fh:
             db_sha, db_bytes = copy_hashed(fh)
         manifest = {
@@ -336,6 +369,8 @@ def read_manifest(backup_dir: Path) -> dict[str, Any]:
     db = manifest.get("database")
     if not isinstance(db, dict) or db.get("file") not in ("catalogue.sqlite", "catalogue.pgdump"):
         raise BackupError("the manifest names no catalogue file")
+    if not isinstance(db.get("sha256"), str) or db.get("dialect") not in ("sqlite", "postgresql"):
+        raise BackupError("the manifest's catalogue entry is malformed")
     files = manifest.get("files")
     if not isinstance(files, list):
         raise BackupError("the manifest lists no files")
@@ -344,26 +379,32 @@ def read_manifest(backup_dir: Path) -> dict[str, Any]:
         rel = entry.get("path") if isinstance(entry, dict) else None
         if not isinstance(rel, str) or not isinstance(entry.get("sha256"), str):
             raise BackupError(f"malformed manifest entry {str(entry)[:200]}")
-        safe_relative(rel)
+        check_member(rel)
         if rel in seen:
             raise BackupError(f"{rel!r} is listed twice")
         seen.add(rel)
     return manifest
 
 
-def safe_relative(rel: str) -> PurePosixPath:
-    """``rel`` as a path that stays inside the data home; BackupError for anything else."""
-    pure = PurePosixPath(rel)
-    if (
-        not rel
-        or "\\" in rel
-        or "\x00" in rel
-        or pure.is_absolute()
-        or any(part in ("", ".", "..") for part in rel.split("/"))
-        or _is_temporary(pure.parts[0])
-    ):
-        raise BackupError(f"refused: the backup names a path outside the data home: {rel[:200]!r}")
-    return pure
+def check_backup_tree(backup_dir: Path, manifest: dict[str, Any]) -> None:
+    """The backup folder holds exactly what ``manifest`` says: ``manifest.json``, the catalogue file
+    and the listed files under ``files/``; no links, no special files, nothing else."""
+    listed = {f"{FILES}/{entry['path']}" for entry in manifest["files"]}
+    expected = {MANIFEST, manifest["database"]["file"], *listed}
+    folders = {FILES} | {str(PurePosixPath(p).parent) for p in listed}
+    folders |= {str(parent) for p in list(folders) for parent in PurePosixPath(p).parents if str(parent) != "."}
+    for dirpath, dirs, files in os.walk(backup_dir):
+        here = Path(dirpath)
+        for name in [*dirs, *files]:
+            path = here / name
+            rel = path.relative_to(backup_dir).as_posix()
+            if path.is_symlink():
+                raise BackupError(f"refused: the backup holds a link: {rel[:200]!r}")
+            if path.is_dir():
+                if rel not in folders:
+                    raise BackupError(f"refused: the backup holds an unexpected folder: {rel[:200]!r}")
+            elif not path.is_file() or rel not in expected:
+                raise BackupError(f"refused: the backup holds an unexpected entry: {rel[:200]!r}")
 
 
 def _home_is_empty(data_home: Path, database_url: str) -> str | None:
@@ -393,14 +434,17 @@ def restore_backup(
     database_url: str,
     *,
     force: bool = False,
+    allow_superuser: bool = False,
     pg_restore: str = "pg_restore",
     progress: bool = True,
 ) -> BackupReport:
     """Restore ``backup_dir`` into ``data_home`` and the catalogue at ``database_url``.
 
-    Verifies every checksum before anything of the data home is replaced; refuses a data home or
-    catalogue that holds anything unless ``force``. Returns a :class:`BackupReport` (rows are those
-    of the restored catalogue); raises BackupError with the reason otherwise.
+    Checks the backup against :mod:`indexer.backup_policy` and verifies every checksum before
+    anything of the data home is replaced; refuses a data home or catalogue that holds anything
+    unless ``force``, and a PostgreSQL restore as a superuser unless ``allow_superuser``. Returns a
+    :class:`BackupReport` (rows are those of the restored catalogue; ``refused_jobs`` the jobs it
+    marked failed); raises BackupError with the reason otherwise.
     """
     started = time.perf_counter()
     backup_dir = Path(backup_dir).resolve()
@@ -412,6 +456,7 @@ def restore_backup(
         raise BackupError(f"the backup holds a {db.get('dialect')} catalogue; the target is {dialect}")
     if backup_dir.is_relative_to(data_home) or data_home.is_relative_to(backup_dir):
         raise BackupError("the backup folder and the data home must not contain each other")
+    check_backup_tree(backup_dir, manifest)
     if not force and (why := _home_is_empty(data_home, database_url)) is not None:
         raise BackupError(f"{why}; restore into an empty data home or pass --force to replace it")
     data_home.mkdir(parents=True, exist_ok=True)
@@ -433,7 +478,8 @@ def restore_backup(
             report.bytes += size
             bar.update(size)
         bar.close()
-        _restore_catalogue(staging / ".db" / db["file"], database_url, pg_restore)
+        check_model_folders(staging / "models")
+        _restore_catalogue(staging / ".db" / db["file"], database_url, pg_restore, allow_superuser)
         old = data_home / f".restore-old-{uuid.uuid4().hex[:12]}"
         old.mkdir()
         for top in sorted(p.name for p in staging.iterdir() if p.name != ".db"):
@@ -446,7 +492,7 @@ def restore_backup(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _upgrade(database_url, db.get("revision"))
-    _rebase_job_paths(database_url, manifest.get("source_data_home"), data_home)
+    report.refused_jobs = _settle_jobs(database_url, manifest.get("source_data_home"), data_home)
     report.rows, _ = _row_counts(database_url)
     report.seconds = time.perf_counter() - started
     return report
@@ -464,7 +510,7 @@ def _upgrade(database_url: str, revision: object) -> None:
         ) from exc
 
 
-def _restore_catalogue(dump: Path, database_url: str, pg_restore: str) -> None:
+def _restore_catalogue(dump: Path, database_url: str, pg_restore: str, allow_superuser: bool) -> None:
     db_file = _sqlite_path(database_url)
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
@@ -473,6 +519,7 @@ def _restore_catalogue(dump: Path, database_url: str, pg_restore: str) -> None:
             for sfx in ("-wal", "-shm", "-journal"):  # a stale WAL must never be replayed onto the copy
                 Path(f"{db_file}{sfx}").unlink(missing_ok=True)
         return
+    _check_pg_dump(dump, database_url, pg_restore, allow_superuser)
     with _libpq(database_url) as uri:
         cmd = [
             pg_restore, "--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction",
@@ -481,26 +528,74 @@ def _restore_catalogue(dump: Path, database_url: str, pg_restore: str) -> None:
         _run_pg_tool(cmd)
 
 
-def _rebase_job_paths(database_url: str, old_home: str | None, new_home: Path) -> None:
-    """Point unfinished jobs' upload paths at the restored data home (it may have moved)."""
-    if not old_home or Path(old_home) == new_home:
-        return
+def _check_pg_dump(dump: Path, database_url: str, pg_restore: str, allow_superuser: bool) -> None:
+    """Refuse a dump that holds anything but this project's schema, or a restore as a superuser
+    (a dump is SQL that runs with the restoring role's rights) unless ``allow_superuser``."""
+    from indexer.catalogue import Base
+
+    if not allow_superuser:
+        engine = sa.create_engine(database_url)
+        try:
+            with engine.connect() as conn:
+                row = conn.execute(sa.text(PRIVILEGED_ROLE_SQL)).first()
+                role = str(conn.execute(sa.text("SELECT current_user")).scalar())
+        except sa.exc.SQLAlchemyError as exc:
+            raise BackupError(f"cannot open the target catalogue: {str(exc)[:500]}") from exc
+        finally:
+            engine.dispose()
+        if (why := privileged_role(tuple(row) if row is not None else None, role)) is not None:
+            raise BackupError(
+                f"{why}: restore as the application's own role (the owner of the database, not a "
+                "superuser), or pass --allow-superuser for a backup you made yourself"
+            )
+    listing = _pg_tool_output([pg_restore, "--list", str(dump)])
+    check_pg_toc(listing, frozenset(Base.metadata.tables))
+    check_pg_schema_sql(_pg_tool_output([pg_restore, "--schema-only", "--no-owner", "--no-privileges", "-f", "-",
+                                         str(dump)]))  # fmt: skip
+
+
+def _pg_tool_output(cmd: list[str]) -> str:
+    """The standard output of a PostgreSQL client tool run on a local file (BackupError on failure)."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    except FileNotFoundError as exc:
+        raise BackupError(f"{cmd[0]} not found: install the PostgreSQL client tools") from exc
+    if done.returncode != 0:
+        raise BackupError(f"{Path(cmd[0]).name} cannot read the dump: {done.stderr.strip()[-1000:]}")
+    return done.stdout
+
+
+def _settle_jobs(database_url: str, old_home: str | None, new_home: Path) -> list[str]:
+    """Point unfinished jobs' input paths at the restored data home (it may have moved), then mark
+    failed every unfinished job that breaks :mod:`indexer.job_inputs`' rule; return one line per
+    job so marked."""
     from sqlalchemy.orm import Session
 
-    from indexer.catalogue import Job
-    from indexer.vocabulary import JobState
+    from indexer.catalogue import Job, utcnow
 
+    refused: list[str] = []
+    old = Path(old_home) if isinstance(old_home, str) and old_home else None
     engine = sa.create_engine(database_url)
     try:
         with Session(engine) as session, session.begin():
             for job in session.scalars(sa.select(Job).where(Job.state.in_(JobState.live()))):
-                paths = job.payload.get("paths") if isinstance(job.payload, dict) else None
-                if not paths:
+                payload = job.payload if isinstance(job.payload, dict) else None
+                paths = payload.get("paths") if payload else None
+                if old is not None and old != new_home and isinstance(paths, list):
+                    moved = [
+                        str(new_home / Path(p).relative_to(old))
+                        if isinstance(p, str) and Path(p).is_relative_to(old)
+                        else p
+                        for p in paths
+                    ]
+                    job.payload = payload = {**(payload or {}), "paths": moved}
+                why = first_violation(payload, new_home)
+                if why is None:
                     continue
-                moved = [
-                    str(new_home / Path(p).relative_to(old_home)) if Path(p).is_relative_to(old_home) else p
-                    for p in paths
-                ]
-                job.payload = {**job.payload, "paths": moved}
+                job.state, job.stage, job.worker, job.finished_at = JobState.FAILED, "restore", None, utcnow()
+                job.errors = [*(job.errors if isinstance(job.errors, list) else []),
+                              {"stage": "restore", "message": why[:500]}]  # fmt: skip
+                refused.append(f"job {job.id} marked failed: {why}")
     finally:
         engine.dispose()
+    return refused

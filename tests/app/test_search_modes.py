@@ -7,6 +7,7 @@ is asserted here, only which channels take part and what the lexical matches say
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,7 +140,11 @@ def test_worker_keeps_the_sentence_caption_index_in_step(tmp_path: Path, shared_
     factory = make_session_factory(engine)
     clip = HashEncoder()
     minilm = load_sentence_encoder("minilm", device="cpu")
-    packages = [str(shared_data / "jats" / "packages" / f"{name}.tar.gz") for name in PACKAGES[:2]]
+    uploads = home / "uploads" / "t1"  # jobs may only read files under uploads/ and downloads/
+    uploads.mkdir(parents=True)
+    packages = [
+        str(shutil.copy(shared_data / "jats" / "packages" / f"{name}.tar.gz", uploads)) for name in PACKAGES[:2]
+    ]
     enqueue(factory, "ingest", {"paths": packages})
     worker = Worker(settings, factory, lambda: clip, text_encoder_provider=lambda: minilm)
     assert worker.run_once() is not None
