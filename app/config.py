@@ -111,6 +111,22 @@ class Settings(BaseSettings):
     job_stale_s: float = Field(60.0, gt=0, description="A running job silent this long is re-queued.")
     job_max_attempts: int = Field(3, ge=1, description="Claims per job before it is marked failed.")
     index_poll_s: float = Field(2.0, gt=0, description="How often the service looks for a new index.")
+    max_queued_jobs: int = Field(
+        100, ge=1, description="Most unfinished (queued or running) jobs; new uploads and fetches answer 503 beyond it."
+    )
+    min_free_bytes: int = Field(
+        2 * 1024**3,
+        ge=0,
+        description="Free-space floor of the data home's disk: new work that would go below it answers 507.",
+    )
+    sweep_interval_s: float = Field(
+        600.0, gt=0, description="How often a worker removes unreferenced uploads and old downloads (s)."
+    )
+    download_retention_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="Fetched packages under `downloads/` older than this are removed (s; 0 keeps them).",
+    )
 
     # --- image queries (POST /api/search/image): their own limits, far below the ingestion ones -------
     query_image_max_bytes: int = Field(

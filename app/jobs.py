@@ -41,6 +41,7 @@ from app.jobs_queue import (
 )
 from app.jobs_stages import JobError, JobRun
 from app.jobs_sweep import SWEEP_GRACE_S, remove_uploads, sweep_leftovers
+from app.quotas import Housekeeper
 from indexer.catalogue import Job
 from indexer.pipeline import Encoders
 from indexer.vocabulary import JobKind, JobState
@@ -124,13 +125,11 @@ class Worker:
         return reason is None
 
     def run_forever(self) -> None:
-        """Sweep what killed workers left behind, then run jobs until :meth:`stop`; wait
-        ``worker_poll_s`` whenever no job was claimed."""
-        try:
-            sweep_leftovers(self.settings, self.session_factory)
-        except Exception as exc:  # best effort: garbage only, never data
-            log.warning("sweep of leftover upload folders failed: %s", exc)
+        """Run jobs until :meth:`stop`, sweeping unreferenced uploads and old downloads at start and
+        every ``sweep_interval_s`` (:mod:`app.quotas`); wait ``worker_poll_s`` whenever no job was claimed."""
+        housekeeper = Housekeeper(self.settings, self.session_factory)  # issue 17: sweeps every sweep_interval_s
         while not self.stop_event.is_set():
+            housekeeper.tick()
             try:
                 ran = self.run_once()
             except Exception as exc:  # database hiccup: log, wait, go on

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,22 +160,14 @@ def test_compose_config_accepts_the_file_and_binds_loopback() -> None:
 
 
 @pytest.fixture
-def fresh_database() -> Iterator[tuple[sa.Engine, str]]:
-    """A new database on the test PostgreSQL server (admin engine, its name); dropped afterwards
-    together with the role the init script creates."""
-    if os.environ.get("BIOMEDSEARCH_TEST_SKIP_POSTGRES") == "1":
-        pytest.skip("PostgreSQL tests switched off by BIOMEDSEARCH_TEST_SKIP_POSTGRES=1")
+def fresh_database(empty_postgres_url: str) -> Iterator[tuple[sa.Engine, str]]:
+    """A new database on the test PostgreSQL server (an admin engine on it, its name); dropped
+    afterwards together with the role the init script creates."""
     if shutil.which("psql") is None:
         pytest.skip("psql is not installed")
-    from conftest import POSTGRES_ADMIN_URL
-
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"bms_compose_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server for the tests: {exc}")
+    url = sa.engine.make_url(empty_postgres_url)
+    name = str(url.database)
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         yield admin, name
     finally:

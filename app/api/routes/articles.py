@@ -20,6 +20,7 @@ from app.api.routes._common import ERRORS, MAX_ID
 from app.config import Settings
 from app.jobs import enqueue
 from app.middleware import ApiError, clean_validation_errors
+from app.quotas import NoCapacity, admit_work, check_free_space, unpack_budget
 from app.schemas import ArticleOut, ErrorResponse, FetchRequest, JobAccepted, article_ref, figure_out
 from app.uploads import UploadError, inspect_package, save_upload
 from indexer.catalogue import Article
@@ -92,6 +93,7 @@ async def add_articles(request: Request, response: Response, services: ServicesD
     """Store the upload (or validate the PMCIDs) and enqueue a job."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     settings = services.settings
+    await _admit(request, services)
     if content_type == "multipart/form-data":
         kind, payload = JobKind.INGEST, await _store_upload(request, settings)
     elif content_type == "application/json":
@@ -109,6 +111,25 @@ async def add_articles(request: Request, response: Response, services: ServicesD
     return JobAccepted(job_id=job_id, status_url=status_url)
 
 
+async def _admit(request: Request, services: ServicesDep) -> None:
+    """Refuse new work when the job queue or the disk budget is spent (:mod:`app.quotas`)."""
+    try:
+        incoming = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        incoming = 0
+    try:
+        await run_in_threadpool(admit_work, services.settings, services.session_factory, incoming)
+    except NoCapacity as exc:
+        raise _no_capacity(exc) from exc
+
+
+def _no_capacity(exc: NoCapacity) -> ApiError:
+    """507 when the disk is short, 503 + ``Retry-After`` when the queue is full."""
+    status = 507 if exc.resource == "disk" else 503
+    code = "insufficient_storage" if exc.resource == "disk" else "queue_full"
+    return ApiError(status, exc.message, code=code, headers={"Retry-After": str(exc.retry_after_s)})
+
+
 async def _store_upload(request: Request, settings: Settings) -> dict[str, Any]:
     """Store the multipart ``file`` under ``uploads/`` and inspect it (an unsafe package is 422)."""
     try:
@@ -123,6 +144,11 @@ async def _store_upload(request: Request, settings: Settings) -> dict[str, Any]:
             path = await run_in_threadpool(save_upload, upload.file, upload.filename, settings.data_home / "uploads")
         except UploadError as exc:
             raise ApiError(415, str(exc)) from exc
+        try:
+            await run_in_threadpool(check_free_space, settings, unpack_budget(settings, path))
+        except NoCapacity as exc:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise _no_capacity(exc) from exc
         try:
             await run_in_threadpool(inspect_package, path, settings.ingest_limits().archive)
         except UploadError as exc:
