@@ -26,6 +26,16 @@ BIOMEDCLIP_TEMPLATES = (
 )
 
 
+# How a class is named inside the prompt templates (BiomedCLIP prompts name what the image shows)
+PROMPT_NAMES = {"CT": "a CT scan", "MR": "an MRI scan", "XR": "an X-ray radiograph", "US": "an ultrasound image",
+                "NM": "a nuclear medicine scan", "AN": "an angiogram"}
+
+
+def modality_group(label: str) -> str:
+    """MedPix modality labels by modality: ``"CT - noncontrast"`` -> ``"CT"``, ``"MR - T2 weighted"`` -> ``"MR"``."""
+    return label.split(" - ", 1)[0].strip()
+
+
 class _Encodes(Protocol):
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray: ...
 
@@ -102,12 +112,13 @@ def zero_shot_accuracy(encoder: _Encodes, images: Sequence[Image.Image], labels:
                        class_names: Sequence[str], templates: Sequence[str] = BIOMEDCLIP_TEMPLATES) -> dict[str, Any]:
     """Zero-shot classification: each class is the mean of its prompt embeddings (BiomedCLIP's prompts).
 
-    Returns accuracy, chance (1 / classes), the class list and per-class accuracy.
+    ``class_names`` are placed in the templates through :data:`PROMPT_NAMES` when listed there.
+    Returns accuracy, chance (1 / classes), the class list, per-class accuracy and per-class counts.
     """
     classes = list(class_names)
     weights = []
     for name in classes:
-        emb = encoder.encode_texts([t.format(name) for t in templates])
+        emb = encoder.encode_texts([t.format(PROMPT_NAMES.get(name, name)) for t in templates])
         mean = emb.mean(axis=0)
         weights.append(mean / np.linalg.norm(mean))
     w = np.stack(weights)
@@ -116,4 +127,6 @@ def zero_shot_accuracy(encoder: _Encodes, images: Sequence[Image.Image], labels:
     truth = np.array([classes.index(label) for label in labels])
     per_class = {c: float((pred[truth == i] == i).mean()) for i, c in enumerate(classes) if (truth == i).any()}
     return {"accuracy": float((pred == truth).mean()), "chance": 1.0 / len(classes), "classes": classes,
-            "n": len(truth), "per_class_accuracy": per_class}
+            "n": len(truth), "per_class_accuracy": per_class,
+            "per_class_n": {c: int((truth == i).sum()) for i, c in enumerate(classes)},
+            "prompts": {c: [t.format(PROMPT_NAMES.get(c, c)) for t in templates] for c in classes}}

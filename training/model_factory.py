@@ -1,8 +1,9 @@
 """Model configs (``configs/*.json``) and building open_clip models from them, offline.
 
-A config file is an open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``) plus two
-optional sections: ``preprocess_cfg`` (image mean/std, as in an open_clip ``local-dir`` export) and
-``recipe`` (training defaults, read by :mod:`training.train`).
+A config file is an open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``) plus three
+optional sections: ``preprocess_cfg`` (image mean/std, as in an open_clip ``local-dir`` export),
+``recipe`` (training defaults, read by :mod:`training.train`) and ``vision_init`` (where a timm image
+tower's pretrained weights come from, offline: see :mod:`training.vision_init`).
 
 Text towers and tokenizers are named the way published open_clip configs name them (a Hugging
 Face hub id such as ``microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract``) or by a local folder.
@@ -29,6 +30,7 @@ from open_clip.tokenizer import HFTokenizer
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
 from training.errors import ConfigError
+from training.vision_init import VisionInit, load_vision_init
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 HF_TEXT_CONFIGS = CONFIG_DIR / "hf_text_configs.json"
@@ -47,11 +49,13 @@ class ModelConfig:
     model_cfg: JsonDict
     preprocess_cfg: JsonDict = field(default_factory=dict)
     recipe: JsonDict = field(default_factory=dict)
+    vision_init: JsonDict = field(default_factory=dict)  # empty: the image tower starts random
 
     def to_json(self) -> JsonDict:
-        """The config as one JSON-serialisable dict (``name``, ``model_cfg``, ``preprocess_cfg``, ``recipe``)."""
+        """The config as one JSON-serialisable dict (``name``, ``model_cfg``, ``preprocess_cfg``, ``recipe``,
+        ``vision_init``)."""
         return {"name": self.name, "model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess_cfg,
-                "recipe": self.recipe}
+                "recipe": self.recipe, "vision_init": self.vision_init}
 
 
 def list_configs() -> list[str]:
@@ -84,8 +88,14 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
         if key not in model_cfg:
             raise ConfigError(f"model config {path} lacks {key!r}")
     name = raw.get("name") or (path.parent.name if path.name == "open_clip_config.json" else path.stem)
+    vision_init = raw.get("vision_init") or {}
+    if not isinstance(vision_init, dict):
+        raise ConfigError(f"model config {path}: vision_init must be an object")
+    if vision_init:
+        VisionInit.from_json(vision_init)  # malformed sections fail here, not at build time
     return ModelConfig(name=str(name), model_cfg=copy.deepcopy(model_cfg),
-                       preprocess_cfg=dict(raw.get("preprocess_cfg", {})), recipe=dict(raw.get("recipe", {})))
+                       preprocess_cfg=dict(raw.get("preprocess_cfg", {})), recipe=dict(raw.get("recipe", {})),
+                       vision_init=dict(vision_init))
 
 
 def _bundled_text_dirs() -> dict[str, Path]:
@@ -171,6 +181,7 @@ class BuiltModel:
     tokenizer: HFTokenizer | None
     tokenizer_dir: Path | None
     text_loaded_pretrained: bool
+    vision_weights: Path | None = None  # the checkpoint the image trunk was initialised from, if any
 
     @property
     def preprocess_cfg(self) -> PreprocessCfg:
@@ -229,16 +240,20 @@ def build_model(
     config: ModelConfig,
     *,
     pretrained_text: bool = True,
+    pretrained_vision: bool = True,
     text_dirs: Mapping[str, str | Path] | None = None,
     tokenizer_dir: str | Path | None = None,
     context_length: int | None = None,
 ) -> BuiltModel:
-    """Build the model a config describes, offline, with random init except the text tower.
+    """Build the model a config describes, offline: pretrained text tower when its source has weights,
+    pretrained image trunk when the config has a ``vision_init`` section, everything else random.
 
     Args:
         config: from :func:`load_config`.
         pretrained_text: load the text tower's pretrained weights when its source has them
             (random init otherwise, e.g. for ``biomedclip-base`` with no PubMedBERT on this host).
+        pretrained_vision: load the config's ``vision_init`` weights into the image trunk
+            (False: same architecture, random init, for ablations).
         text_dirs: hub id -> local folder, for hosts that hold e.g. PubMedBERT.
         tokenizer_dir: use this tokenizer folder instead of the config's ``hf_tokenizer_name``.
         context_length: override the config's context length.
@@ -288,7 +303,10 @@ def build_model(
                 c.setdefault("pool_type", "eos")
             cfg["custom_text"] = runtime_cfg["custom_text"] = True
         model = instantiate(runtime_cfg)
+    vision_weights = None
+    if config.vision_init and pretrained_vision:
+        vision_weights = load_vision_init(model.visual, VisionInit.from_json(config.vision_init))
     resolved = ModelConfig(name=config.name, model_cfg=cfg, preprocess_cfg=dict(config.preprocess_cfg),
-                           recipe=dict(config.recipe))
+                           recipe=dict(config.recipe), vision_init=dict(config.vision_init))
     return BuiltModel(model=model, config=resolved, tokenizer=tokenizer, tokenizer_dir=tok_folder,
-                      text_loaded_pretrained=loaded_pretrained)
+                      text_loaded_pretrained=loaded_pretrained, vision_weights=vision_weights)

@@ -70,7 +70,8 @@ def train_tokenizer_cmd(
 @cli.command("train")
 def train_cmd(
     config: Annotated[
-        str, typer.Option(help="Model config name (biomedclip-tiny/-small/-base) or JSON path.")
+        str, typer.Option(help="Model config name (biomedclip-tiny, -tiny-lite1/-lite2, -tiny-resnet18, -small, "
+                               "-base) or JSON path.")
     ] = "biomedclip-tiny",
     data: Annotated[str, typer.Option(help="Training pairs (JSONL) or 'catalogue'.")] = "catalogue",
     val: Annotated[Path | None, typer.Option(help="Held-out pairs (JSONL).")] = None,
@@ -93,6 +94,18 @@ def train_cmd(
     lock_text: Annotated[bool | None, typer.Option("--lock-text/--unlock-text")] = None,
     unlocked_text_layers: Annotated[int | None, typer.Option(min=0)] = None,
     text_lr_scale: Annotated[float | None, typer.Option(min=0)] = None,
+    lock_image: Annotated[bool | None, typer.Option("--lock-image/--unlock-image")] = None,
+    unlocked_image_groups: Annotated[
+        int | None, typer.Option(min=0, help="With --lock-image: train the image trunk's last N layer groups.")
+    ] = None,
+    image_lr_scale: Annotated[float | None, typer.Option(min=0, help="Image-trunk lr = lr * this.")] = None,
+    scratch_vision: Annotated[
+        bool, typer.Option(help="Random-init the image trunk instead of the config's pretrained weights (ablation).")
+    ] = False,
+    feature_cache: Annotated[
+        Path | None,
+        typer.Option(help="Folder for locked towers' cached outputs (default: feature-cache beside --out)."),
+    ] = None,
     aug_scale_min: Annotated[
         float | None, typer.Option(min=0.05, max=1.0, help="Random-resized-crop: least share of the image kept.")
     ] = None,
@@ -137,13 +150,15 @@ def train_cmd(
                 write_pairs_jsonl(va, val_path)
             else:
                 train_path = pairs_file
+        cache_dir = feature_cache if feature_cache is not None else out.expanduser().resolve().parent / "feature-cache"
         opts = TrainOptions(
             config=config, train_data=train_path, val_data=val_path, out_dir=out, epochs=epochs,
             batch_size=batch_size, accum_steps=accum_steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
             weight_decay=weight_decay, warmup_steps=warmup_steps, precision=precision,
             grad_checkpointing=grad_checkpointing, patch_dropout=patch_dropout, lock_text=lock_text,
             lock_text_unlocked_layers=unlocked_text_layers, text_lr_scale=text_lr_scale,
-            aug_scale_min=aug_scale_min,
+            aug_scale_min=aug_scale_min, lock_image=lock_image, lock_image_unlocked_groups=unlocked_image_groups,
+            image_lr_scale=image_lr_scale, pretrained_vision=not scratch_vision, feature_cache=cache_dir,
             pretrained_text=not scratch_text, tokenizer_dir=tokenizer, context_length=context_length,
             text_dirs=text_dirs, max_steps=max_steps, seed=seed, workers=workers, threads=threads,
             device=settings.device,
@@ -191,7 +206,10 @@ def eval_cmd(
     data: Annotated[Path, typer.Option(help="Pairs (JSONL) to evaluate on.")] = Path("val.jsonl"),
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
     zero_shot: Annotated[bool, typer.Option(help="Also zero-shot classify images by --label-field.")] = False,
-    label_field: Annotated[str, typer.Option(help="Field holding each image's class name.")] = "location",
+    label_field: Annotated[str, typer.Option(help="Field holding each image's class name.")] = "modality",
+    group_modality: Annotated[
+        bool, typer.Option(help="Group labels by modality ('CT - noncontrast' -> 'CT'; MedPix's modality field).")
+    ] = True,
     min_class_size: Annotated[int, typer.Option(min=1)] = 5,
     device: Annotated[str | None, typer.Option()] = None,
 ) -> None:
@@ -201,7 +219,7 @@ def eval_cmd(
     from training.data import filter_pairs, read_pairs
     from training.encoders import load_encoder
     from training.errors import TrainingError
-    from training.evaluate import evaluate_retrieval, zero_shot_accuracy
+    from training.evaluate import evaluate_retrieval, modality_group, zero_shot_accuracy
 
     setup_logging()
     settings = load_settings(device=device, model=model)
@@ -218,18 +236,21 @@ def eval_cmd(
         if zero_shot:
             with open(data, encoding="utf-8") as fh:
                 rows = [json.loads(line) for line in fh if line.strip()]
+            def class_of(row: dict[str, object]) -> str:
+                value = str(row[label_field]).strip()
+                return modality_group(value) if group_modality else value
+
             labelled = [r for r in rows if isinstance(r.get(label_field), str) and r[label_field].strip()]
             counts: dict[str, int] = {}
             for r in labelled:
-                counts[r[label_field].strip()] = counts.get(r[label_field].strip(), 0) + 1
+                counts[class_of(r)] = counts.get(class_of(r), 0) + 1
             classes = sorted(c for c, n in counts.items() if n >= min_class_size)
-            keep = [r for r in labelled if r[label_field].strip() in classes]
+            keep = [r for r in labelled if class_of(r) in classes]
             if len(classes) < 2:
                 fail(f"zero-shot needs at least 2 classes of >= {min_class_size} images in field {label_field!r}")
             images = [Image.open(data.parent / r["image"]).convert("RGB") for r in keep]
-            result["zero_shot"] = zero_shot_accuracy(encoder, images, [r[label_field].strip() for r in keep],
-                                                     classes)
-            result["zero_shot"]["label_field"] = label_field
+            result["zero_shot"] = zero_shot_accuracy(encoder, images, [class_of(r) for r in keep], classes)
+            result["zero_shot"].update(label_field=label_field, grouped_by_modality=group_modality)
     except (TrainingError, OSError) as exc:
         fail(str(exc))
     for key, label in (("text_to_image", "text->image"), ("image_to_text", "image->text")):
@@ -239,8 +260,11 @@ def eval_cmd(
                       f"mean rank {m['mean_rank']:.0f} (chance {m['chance_mean_rank']:.0f})")
     if "zero_shot" in result:
         zs = result["zero_shot"]
-        console.print(f"zero-shot ({len(zs['classes'])} classes of {label_field}): accuracy "
+        console.print(f"zero-shot ({len(zs['classes'])} classes of {label_field}, {zs['n']} images): accuracy "
                       f"{100 * zs['accuracy']:.1f}% (chance {100 * zs['chance']:.1f}%)")
+        for name in zs["classes"]:
+            console.print(f"  {name}: {100 * zs['per_class_accuracy'][name]:.1f}% of {zs['per_class_n'][name]} "
+                          f"(chance {100 * zs['chance']:.1f}%)")
     if out is not None:
         _write_json(result, out)
     typer.echo(json.dumps({k: result[k] for k in ("text_to_image", "image_to_text")}, indent=2))

@@ -14,7 +14,8 @@ import numpy as np
 
 
 def plain_open_clip_features(
-    export: Path, work: Path, texts: Sequence[str], image: Path | None = None
+    export: Path, work: Path, texts: Sequence[str], image: Path | None = None,
+    blocked_modules: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Copy ``export`` to a new folder under ``work`` and encode ``texts`` (and ``image``) there with
     ``open_clip.create_model_from_pretrained('local-dir:...')`` in a fresh interpreter that imports
@@ -23,6 +24,7 @@ def plain_open_clip_features(
     The text tower is named by its hub id, as in the published BiomedCLIP config; offline,
     transformers reads that id's config.json from a Hugging Face cache, simulated here.
     Asserts that the process succeeds and loaded none of ``training``, ``indexer``, ``app``.
+    ``blocked_modules`` cannot be imported there (a machine without those packages installed).
     """
     moved = work / "moved" / "exported"
     shutil.copytree(export, moved)
@@ -34,7 +36,9 @@ def plain_open_clip_features(
     (snap.parents[1] / "refs" / "main").write_text("0" * 40)
     text_out, image_out = work / "text.npy", work / "image.npy"
     script = (
-        "import sys, numpy as np, open_clip, torch\n"
+        "import sys\n"
+        + "".join(f"sys.modules[{name!r}] = None\n" for name in blocked_modules)
+        + "import numpy as np, open_clip, torch\n"
         "from PIL import Image\n"
         f"model, preprocess = open_clip.create_model_from_pretrained('local-dir:{moved}')\n"
         f"tok = open_clip.get_tokenizer('local-dir:{moved}')\n"

@@ -6,8 +6,8 @@ import pytest
 from torch import nn
 
 from training.errors import ConfigError
+from training.locking import lock_hf_text_tower
 from training.model_factory import build_model, load_config
-from training.train import lock_hf_text_tower
 
 
 def _trainable(text: nn.Module) -> set[str]:
@@ -16,7 +16,7 @@ def _trainable(text: nn.Module) -> set[str]:
 
 def test_partial_lock_leaves_only_the_last_layers_and_the_projection_trainable() -> None:
     # open_clip's own HFTextEncoder.lock(unlocked_layers=2) raises KeyError('layer_attr') for BERT towers.
-    model = build_model(load_config("biomedclip-tiny"), pretrained_text=False).model
+    model = build_model(load_config("biomedclip-tiny"), pretrained_text=False, pretrained_vision=False).model
     lock_hf_text_tower(model.text, 2)
     trainable = _trainable(model.text)
     assert trainable, "the last two layers and the projection must stay trainable"

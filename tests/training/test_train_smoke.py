@@ -1,9 +1,10 @@
 """CPU smoke training through the real entry point (``biomedsearch train``) on synthetic pairs.
 
-Fast tier (no ``tiny_model_dir``): a few optimizer steps of ``biomedclip-tiny`` (random resnet18 +
-the pretrained MiniLM tower at 0.1x the learning rate), then everything a run promises: resolved config, history,
-curves, resumable checkpoint, export that loads through ``load_encoder`` and through plain
-open_clip in a fresh process, text padded to the batch's longest = padded to 256.
+Fast tier (no ``tiny_model_dir``): a few optimizer steps of ``biomedclip-tiny-resnet18`` (the earlier
+default: random resnet18 + the pretrained MiniLM tower at 0.1x the learning rate, nothing cached),
+then everything a run promises: resolved config, history, curves, resumable checkpoint, export that
+loads through ``load_encoder`` and through plain open_clip in a fresh process, text padded to the
+batch's longest = padded to 256.
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train = _write_jsonl(_synthetic_pairs(root / "images", 16, 0), root / "train.jsonl")
     val = _write_jsonl(_synthetic_pairs(root / "images", 8, 1), root / "val.jsonl")
     run = root / "run"
-    args = ["train", "--config", "biomedclip-tiny", "--data", str(train), "--val", str(val), "--out", str(run),
-            "--epochs", "3", "--batch-size", "8", "--device", "cpu", "--seed", "0"]
+    args = ["train", "--config", "biomedclip-tiny-resnet18", "--data", str(train), "--val", str(val),
+            "--out", str(run), "--epochs", "3", "--batch-size", "8", "--device", "cpu", "--seed", "0"]
     env = {"BIOMEDSEARCH_DATA_HOME": str(root / "home")}
     first = CliRunner().invoke(cli, [*args, "--max-steps", "3"], env=env)
     assert first.exit_code == 0, first.output
@@ -87,7 +88,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_writes_config_history_curves_and_checkpoint(smoke_run: Path) -> None:
     cfg = json.loads((smoke_run / "config.json").read_text())
-    assert cfg["model"]["name"] == "biomedclip-tiny"
+    assert cfg["model"]["name"] == "biomedclip-tiny-resnet18"
     assert cfg["recipe"]["batch_size"] == 8
     assert cfg["recipe"]["lock_text"] is False and cfg["recipe"]["text_lr_scale"] == 0.1
     assert cfg["train_pairs"] == 16 and cfg["dropped_captions"] == {"placeholder": 1}
@@ -105,7 +106,7 @@ def test_train_writes_config_history_curves_and_checkpoint(smoke_run: Path) -> N
 
 
 def test_export_loads_and_pads_texts_to_the_longest_in_batch(smoke_run: Path) -> None:
-    export = smoke_run / "biomedclip-tiny"
+    export = smoke_run / "biomedclip-tiny-resnet18"
     enc = load_encoder(f"local-dir:{export}", device="cpu", precision="fp32")
     txt = enc.encode_texts(TEXTS, batch_size=2)
     assert txt.shape == (3, enc.dim) and txt.dtype == np.float32
@@ -124,7 +125,7 @@ def test_batched_preprocessing_matches_open_clip_per_image(smoke_run: Path) -> N
     from training.model_factory import build_model, load_config
     from training.preprocess import SplitTransform
 
-    built = build_model(load_config("biomedclip-tiny"), pretrained_text=False)
+    built = build_model(load_config("biomedclip-tiny-resnet18"), pretrained_text=False)
     transform = image_transform_v2(built.preprocess_cfg, is_train=False)
     images = [Image.open(p).convert("RGB") for p in sorted((smoke_run.parent / "images").glob("*.png"))[:4]]
     split = SplitTransform(transform)
@@ -138,7 +139,7 @@ def test_export_round_trips_through_plain_open_clip_in_a_fresh_process(smoke_run
     The text tower is named by its hub id, as in the published BiomedCLIP config; offline,
     transformers reads that id's config.json from a Hugging Face cache (simulated here).
     """
-    export = smoke_run / "biomedclip-tiny"
+    export = smoke_run / "biomedclip-tiny-resnet18"
     image = tmp_path / "probe.png"
     Image.new("RGB", (64, 64), (30, 160, 30)).save(image)
     plain_text, plain_image = plain_open_clip_features(export, tmp_path, TEXTS, image)
@@ -180,13 +181,15 @@ def test_scratch_text_tower_with_a_domain_wordpiece(tmp_path: Path) -> None:
 
 def test_frozen_text_cache_matches_the_text_tower() -> None:
     """The LiT shortcut (pooled outputs cached once, projection trained) equals running the tower."""
+    from training.feature_cache import text_pooled_features, tokenize_all
     from training.model_factory import build_model, load_config
-    from training.train import _frozen_text_cache, _tokenize_all
 
-    built = build_model(load_config("biomedclip-tiny"))
+    built = build_model(load_config("biomedclip-tiny"), pretrained_vision=False)
     model = built.model.eval()
-    tokens = _tokenize_all(built, TEXTS)
-    cached = _frozen_text_cache(built, tokens, "cpu", False, bf16=False)
+    assert built.tokenizer is not None
+    tokens = tokenize_all(built.tokenizer, TEXTS)
+    cached = text_pooled_features(model.text, tokens, int(built.tokenizer.tokenizer.pad_token_id or 0), "cpu",
+                                  bf16=False, progress=False)
     with torch.no_grad():
         via_cache = torch.nn.functional.normalize(model.text.proj(cached), dim=-1)
         direct = model.encode_text(tokens, normalize=True)
