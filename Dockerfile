@@ -21,7 +21,9 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY indexer ./indexer
 COPY training ./training
-RUN pip install ".[${VARIANT}]"
+# faiss-cpu is a core dependency; the GPU image swaps it for faiss-gpu (same `faiss` module, never both).
+RUN pip install . \
+    && if [ "$VARIANT" = "gpu" ]; then pip uninstall -y faiss-cpu && pip install faiss-gpu==1.15.1; fi
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ARG VARIANT=cpu

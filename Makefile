@@ -2,7 +2,9 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRA ?= cpu
+# FAISS=gpu swaps faiss-cpu (a core dependency) for faiss-gpu after the install (never both).
+FAISS ?= cpu
+FAISS_GPU ?= faiss-gpu==1.15.1
 
 .PHONY: setup test test-fast test-e2e lint demo serve clean bench
 
@@ -13,7 +15,8 @@ $(BIN)/python:
 # torch/torchvision first, pinned: on the project machines they install from local disk.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[$(EXTRA),dev]'
+	$(BIN)/pip install -q -e '.[dev]'
+	if [ "$(FAISS)" = gpu ]; then $(BIN)/pip uninstall -q -y faiss-cpu && $(BIN)/pip install -q '$(FAISS_GPU)'; fi
 	touch $@
 
 setup: $(VENV)/.installed
@@ -56,5 +59,5 @@ clean:
 
 # Benchmarks of every stage beside the alternatives (issue 9): long; `make bench ARGS=--quick` to check.
 bench: setup
-	$(BIN)/pip install -q -e '.[$(EXTRA),bench]'
+	$(BIN)/pip install -q -e '.[bench]'
 	nice -n 10 $(BIN)/python -m bench $(ARGS)

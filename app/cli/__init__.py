@@ -3,26 +3,30 @@ Settings and call ``training`` / ``indexer`` / ``app`` functions."""
 
 from __future__ import annotations
 
-from app.cli import (  # noqa: F401  (importing registers the subcommands)
-    backup_cmds,
-    catalogue_cmds,
-    config_cmds,
-    db_cmds,
-    demo_cmds,
-    index_cmds,
-    search_cmds,
-    service_cmds,
-    training_cmds,
-)
-from app.cli.base import cli
-from app.cli.db_cmds import db
+from app.cli.faiss_guard import missing_faiss_exits
+
+with missing_faiss_exits():
+    from app.cli import (  # noqa: F401  (importing registers the subcommands)
+        backup_cmds,
+        catalogue_cmds,
+        config_cmds,
+        db_cmds,
+        demo_cmds,
+        index_cmds,
+        search_cmds,
+        service_cmds,
+        training_cmds,
+    )
+    from app.cli.base import cli
+    from app.cli.db_cmds import db
 
 cli.add_typer(db, name="db")
 
 
 def main() -> None:
     """Console-script entry point."""
-    cli()
+    with missing_faiss_exits():
+        cli()
 
 
 __all__ = ["cli", "main"]
