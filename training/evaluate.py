@@ -88,8 +88,8 @@ def retrieval_metrics(image_features: np.ndarray, text_features: np.ndarray,
     return {"text_to_image": t2i, "image_to_text": i2t}
 
 
-def evaluate_retrieval(encoder: _Encodes, pairs: Sequence[Pair], *, batch_size: int = 64) -> dict[str, Any]:
-    """Encode ``pairs`` with ``encoder`` and return :func:`retrieval_metrics` plus counts."""
+def distinct_captions(pairs: Sequence[Pair]) -> tuple[list[str], list[int]]:
+    """Distinct captions (by :func:`caption_key`) and each pair's index into them (one rule for every evaluation)."""
     keys: dict[str, int] = {}
     captions: list[str] = []
     ids: list[int] = []
@@ -99,6 +99,12 @@ def evaluate_retrieval(encoder: _Encodes, pairs: Sequence[Pair], *, batch_size: 
             keys[key] = len(captions)
             captions.append(pair.caption)
         ids.append(keys[key])
+    return captions, ids
+
+
+def evaluate_retrieval(encoder: _Encodes, pairs: Sequence[Pair], *, batch_size: int = 64) -> dict[str, Any]:
+    """Encode ``pairs`` with ``encoder`` and return :func:`retrieval_metrics` plus counts."""
+    captions, ids = distinct_captions(pairs)
     images = [Image.open(p.image).convert("RGB") for p in pairs]
     img = encoder.encode_images(images, batch_size=batch_size)
     txt = encoder.encode_texts(captions, batch_size=batch_size)

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from training.data import Pair, caption_key
+from training.data import Pair
 from training.encoders import ClipEncoder as Encoder
-from training.evaluate import retrieval_metrics
+from training.evaluate import distinct_captions, retrieval_metrics
 
 
 @dataclass
@@ -28,20 +28,6 @@ class FrozenOutputs:
 
     image: torch.Tensor | None  # [n images, trunk width]: pooled trunk features, before the head
     text: torch.Tensor | None  # [n captions, text width]: pooled text outputs, before the projection
-
-
-def distinct_captions(pairs: Sequence[Pair]) -> tuple[list[str], list[int]]:
-    """Distinct captions (by :func:`caption_key`) and each pair's index into them (as :func:`evaluate_retrieval`)."""
-    keys: dict[str, int] = {}
-    captions: list[str] = []
-    ids: list[int] = []
-    for pair in pairs:
-        key = caption_key(pair.caption)
-        if key not in keys:
-            keys[key] = len(captions)
-            captions.append(pair.caption)
-        ids.append(keys[key])
-    return captions, ids
 
 
 class Validator:
