@@ -50,7 +50,8 @@ def worker(
 ) -> None:
     """Run re-index jobs from the job table (the same loop the API runs in-process)."""
     from app.jobs import LazyEncoder, Worker, job_counts
-    from training.encoders import TextEncoder, load_encoder
+    from training.encoder_protocol import TextEncoder
+    from training.encoders import load_encoder
 
     setup_logging()
     settings = load_settings(data_home=data_home, model=model)
