@@ -180,6 +180,12 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.data_home / 'catalogue.db'}"
 
     @property
+    def shown_database_url(self) -> str:
+        """:attr:`resolved_database_url` with its password masked (``***``): what messages and
+        ``biomedsearch config`` print."""
+        return masked_url(self.resolved_database_url)
+
+    @property
     def index_dir(self) -> Path:
         """Where FAISS index versions and their pointers live (``<data_home>/indexes``)."""
         return self.data_home / "indexes"
@@ -257,3 +263,15 @@ def config_table() -> str:
         description = (field.description or "").replace("|", "\\|")
         rows.append(f"| `BIOMEDSEARCH_{name.upper()}` | `{default}` | {description} |")
     return "\n".join(rows) + "\n"
+
+
+def masked_url(url: str) -> str:
+    """A database URL fit to print: its password replaced by ``***`` (unparseable URLs are shown
+    only up to their scheme)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return url.split("://", 1)[0] + "://..."

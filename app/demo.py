@@ -236,8 +236,9 @@ def prepare(
     from app.reindex import catalogue, reindex_options
     from indexer.pipeline import Encoders, reindex
     from training.encoders import load_encoder
+    from training.fsio import private_dir
 
-    settings.data_home.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_home)
     factory = open_catalogue(settings)
     corpus = find_corpus(corpus_dir, search_from)
     paths: Sequence[Path] = corpus.ingest if corpus else fetch_corpus(settings, progress=progress)

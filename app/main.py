@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
 
-from app.api.deps import Services
+from app.api.deps import Services, require_read_key
 from app.api.errors import install_domain_error_handler
 from app.api.routes import articles, figures, health, jobs, search
 from app.config import Settings
@@ -36,6 +37,7 @@ from app.rate_limit import RateLimiter
 from app.search import SearchService
 from app.web import pages
 from indexer.catalogue import open_database
+from training.fsio import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ def create_app(
     settings = settings or Settings()
     settings.apply_torch_threads()
     metrics = Metrics()
+    gated = settings.read_api_key is not None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,20 +75,20 @@ def create_app(
         "(BiomedCLIP layout), a figure catalogue and FAISS indexes; new articles are added by "
         "durable re-index jobs. Every error answer is a JSON `ErrorResponse`.",
         lifespan=lifespan,
+        # With a read key the docs and the OpenAPI document are read routes too (_gate_docs).
+        docs_url=None if gated else "/docs",
+        redoc_url=None if gated else "/redoc",
+        openapi_url=None if gated else "/openapi.json",
     )
     app.state.services = None
     install_error_handlers(app)
     install_domain_error_handler(app)
 
-    read_deps = []
-    if settings.read_api_key is not None:
-        from fastapi import Depends
-
-        from app.api.deps import require_read_key
-
-        read_deps = [Depends(require_read_key)]
+    read_deps = [Depends(require_read_key)] if gated else []
     for module in (search, figures, articles, jobs):
         app.include_router(module.router, dependencies=read_deps)
+    if read_deps:
+        _gate_docs(app)
     app.include_router(health.router)
 
     app.include_router(pages.router)  # the web UI
@@ -110,7 +113,7 @@ def _start(settings: Settings, metrics: Metrics, encoder_loader: EncoderLoader |
     The app owns its :class:`EncoderHost` (the encoders and their one thread): the search service
     and the in-process worker share it, and ``_stop`` closes it."""
     url = settings.resolved_database_url
-    settings.data_home.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_home)
     db = open_database(url)
     engine, session_factory = db.engine, db.session_factory
     encoders = EncoderHost(settings, metrics, loader=encoder_loader)
@@ -170,6 +173,26 @@ def _stop(services: Services) -> None:
     services.search.close()
     services.encoders.close()
     services.engine.dispose()
+
+
+def _gate_docs(app: FastAPI) -> None:
+    """Serve ``/openapi.json``, ``/docs`` and ``/redoc`` behind the read key (FastAPI's own routes
+    for them are switched off when ``read_api_key`` is set): they describe every route and bound."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    gated = [Depends(require_read_key)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=gated)
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=gated)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=gated)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
 
 def _document_settings_bounds(app: FastAPI, settings: Settings) -> None:

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.metrics import REQUEST_PHASES, Metrics
+from app.redaction import redact, redact_paths
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,13 @@ class ApiError(Exception):
 def error_body(
     status: int, message: str, code: str | None = None, details: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """The JSON error document (see :class:`app.schemas.ErrorResponse`)."""
-    error: dict[str, Any] = {"status": status, "code": code or _CODES.get(status, "error"), "message": message}
+    """The JSON error document (see :class:`app.schemas.ErrorResponse`); server paths in the message
+    and details are redacted (:mod:`app.redaction`)."""
+    error: dict[str, Any] = {
+        "status": status, "code": code or _CODES.get(status, "error"), "message": redact_paths(message)
+    }
     if details is not None:
-        error["details"] = details
+        error["details"] = redact(details)
     return {"error": error}
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.redaction import redact, worker_label
 from indexer.vocabulary import ImageQueryMode, JobKind, JobState, SearchMode
 
 if TYPE_CHECKING:
@@ -250,7 +251,9 @@ class JobOut(BaseModel):
     counts: dict[str, Any]
     errors: list[Any]
     attempts: int
-    worker: str | None = None
+    worker: str | None = Field(
+        None, description="An opaque label of the worker that ran the job (the same for jobs of one worker)."
+    )
     created_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
     heartbeat_at: dt.datetime | None = None
@@ -343,7 +346,8 @@ def figure_out(fig: Figure, art: Article) -> FigureOut:
 
 
 def job_out(job: Job) -> JobOut:
-    """A :class:`JobOut` from a ``Job`` row (the payload, which holds server paths, is not shown)."""
+    """A :class:`JobOut` from a ``Job`` row. The payload (server paths) is not shown; errors are shown
+    without server paths and the worker by an opaque label (:mod:`app.redaction`)."""
     return JobOut(
         id=job.id,
         kind=job.kind,
@@ -351,9 +355,9 @@ def job_out(job: Job) -> JobOut:
         stage=job.stage,
         progress=float(job.progress or 0.0),
         counts=dict(job.counts or {}),
-        errors=list(job.errors or []),
+        errors=redact(list(job.errors or [])),
         attempts=job.attempts or 0,
-        worker=job.worker,
+        worker=worker_label(job.worker),
         created_at=_utc(job.created_at),
         started_at=_utc(job.started_at),
         heartbeat_at=_utc(job.heartbeat_at),

@@ -20,7 +20,8 @@ What it holds:
   climb out (no absolute path, ``..``, drive letter, NUL, over-long name), and "this path stays
   inside that folder" with links resolved.
 - :data:`PRIVATE_FILE_MODE` / :data:`PRIVATE_DIR_MODE` and :func:`create_new`: files created
-  exclusively, never through a link.
+  exclusively, never through a link; :func:`private_dir` and :data:`PRIVATE_UMASK`: the data home
+  is private to the service's user.
 """
 
 from __future__ import annotations
@@ -179,6 +180,24 @@ def replace_dir(staged: Path, target: Path) -> None:
     fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) if missing and make it private: ``0700`` when this process
+    owns it (a folder owned by someone else is left as it is). Returns ``path``.
+
+    The data home's root is made private this way at every entry point, so nothing below it (the
+    catalogue, media, indexes, uploads) is readable by other users whatever its own mode; the CLI
+    also sets the process umask to ``077`` so that new files are ``0600`` and folders ``0700``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    st = path.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o777 != PRIVATE_DIR_MODE:
+        os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+PRIVATE_UMASK = 0o077  # what the CLI's processes create with: files 0600, folders 0700
 
 
 def create_new(path: Path, *, file_mode: int = FILE_MODE) -> IO[bytes]:

@@ -5,7 +5,8 @@
 - :data:`SettingsDep`, :data:`SearchDep`, :data:`SessionDep` (a catalogue session per request);
 - :func:`require_read_key` / :func:`require_write_key`: the ``X-API-Key`` header checks (constant
   time, ``hmac.compare_digest``). Writes need ``Settings.api_key`` and are refused (403) while no
-  key is configured; reads are open unless ``Settings.read_api_key`` is set (then either key works).
+  key is configured; reads (the API, metrics, the OpenAPI document and docs pages) are open unless
+  ``Settings.read_api_key`` is set (then either key works); :func:`reads_allowed` says which.
 
 The dependencies that only read app state are ``async def``: FastAPI runs a plain ``def``
 dependency in the thread pool, and each such hop cost about 0.3 ms per request (four of them on a
@@ -108,12 +109,20 @@ async def require_write_key(
         raise ApiError(401, f"missing or wrong {API_KEY_HEADER} header", headers={"WWW-Authenticate": "APIKey"})
 
 
-async def require_read_key(
+async def reads_allowed(
     services: ServicesDep, api_key: Annotated[str | None, Security(_api_key_header)] = None
-) -> None:
-    """When ``read_api_key`` is set, allow the request only with it (or the write key); else 401."""
+) -> bool:
+    """True when this request may read: no ``read_api_key`` is set, or it carries that key (or the
+    write key). Routes that answer everyone with less (``/readyz``) depend on this directly."""
     read_key = services.settings.read_api_key
-    if read_key is None:
-        return
-    if not _matches(api_key, read_key, services.settings.api_key):
+    return read_key is None or _matches(api_key, read_key, services.settings.api_key)
+
+
+ReadsAllowedDep = Annotated[bool, Depends(reads_allowed)]
+
+
+async def require_read_key(allowed: ReadsAllowedDep) -> None:
+    """When ``read_api_key`` is set, allow the request only with it (or the write key); else 401.
+    Every read route depends on it: the API, ``/metrics``, ``/docs``, ``/redoc``, ``/openapi.json``."""
+    if not allowed:
         raise ApiError(401, f"missing or wrong {API_KEY_HEADER} header", headers={"WWW-Authenticate": "APIKey"})

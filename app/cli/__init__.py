@@ -24,7 +24,13 @@ cli.add_typer(db, name="db")
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Files the commands create are private to the user (umask 077):
+    the catalogue, media, indexes and uploads of a data home are nobody else's to read."""
+    import os
+
+    from training.fsio import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
     with missing_faiss_exits():
         cli()
 

@@ -39,12 +39,17 @@ def open_catalogue(settings: Settings, *, migrate: bool = True) -> Database:
     """The catalogue database of ``settings`` (brought to the newest schema unless ``migrate`` is
     False); exits with one clear line when it cannot be opened."""
     from indexer.catalogue import open_database
+    from training.fsio import private_dir
 
     url = settings.resolved_database_url
     try:
+        private_dir(settings.data_home)
+    except OSError as exc:
+        fail(f"cannot create the data home {settings.data_home}: {exc}")
+    try:
         return open_database(url, migrate_schema=migrate)
     except Exception as exc:  # any driver / connection / migration failure: report it, no traceback
-        fail(f"cannot open the catalogue at {url}: {exc}")
+        fail(f"cannot open the catalogue at {settings.shown_database_url}: {exc}")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

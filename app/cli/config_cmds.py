@@ -16,8 +16,9 @@ def config_cmd(
         bool, typer.Option("--markdown", help="Print the reference table of every setting (as in the README).")
     ] = False,
 ) -> None:
-    """Print the effective settings as JSON (secrets masked), or with --markdown the reference table."""
-    from app.config import config_table
+    """Print the effective settings as JSON (API keys and the database password masked), or with
+    --markdown the reference table."""
+    from app.config import config_table, masked_url
 
     if markdown:
         typer.echo(config_table(), nl=False)
@@ -27,6 +28,8 @@ def config_cmd(
     for secret in ("api_key", "read_api_key"):
         if values.get(secret):
             values[secret] = "**********"
-    values["resolved_database_url"] = settings.resolved_database_url
+    if values.get("database_url"):
+        values["database_url"] = masked_url(values["database_url"])
+    values["resolved_database_url"] = settings.shown_database_url
     values["default_model_spec"] = settings.default_model_spec()
     typer.echo(json.dumps(values, indent=2, sort_keys=True))

@@ -17,5 +17,5 @@ def upgrade() -> None:
     try:
         migrate(settings.resolved_database_url)
     except Exception as exc:  # the database is unreachable or refuses the migration
-        fail(f"could not migrate {settings.resolved_database_url}: {exc}")
-    console.print(f"catalogue schema is current at {settings.resolved_database_url}")
+        fail(f"could not migrate {settings.shown_database_url}: {exc}")
+    console.print(f"catalogue schema is current at {settings.shown_database_url}")

@@ -115,7 +115,7 @@ def eval_search_cmd(
     for path, raw in raws:
         judged, unresolved = resolve(factory, raw)
         if not judged:
-            fail(f"none of the {len(raw)} queries of {path} have judged figures in {settings.resolved_database_url}")
+            fail(f"none of the {len(raw)} queries of {path} have judged figures in {settings.shown_database_url}")
         results = run_channels(judged, channels, max(depth, k))
         runs.append((judged, results))
         report = evaluate(judged, results, weights, k=k, modes=modes, unresolved=unresolved)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +26,8 @@ from indexer.catalogue import Article
 from indexer.vocabulary import JobKind
 
 router = APIRouter(prefix="/api/articles", tags=["articles"], responses=ERRORS)
+
+MAX_JSON_BODY_BYTES = 64 * 1024  # a PMCID request (at most MAX_PMCIDS ids) is a few KB
 
 _UPLOAD_BODY: dict[str, Any] = {
     "required": True,
@@ -160,13 +161,19 @@ async def _store_upload(request: Request, settings: Settings) -> dict[str, Any]:
 
 
 async def _pmcids(request: Request) -> dict[str, Any]:
+    """The PMCIDs of a JSON body: read up to :data:`MAX_JSON_BODY_BYTES` (else 413) and parsed by
+    pydantic's JSON parser, whose nesting limit turns ``[[[[...`` into a 400, not a RecursionError."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON_BODY_BYTES:
+            raise ApiError(413, f"a JSON body may hold at most {MAX_JSON_BODY_BYTES} bytes")
     try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}") from exc
-    try:
-        req = FetchRequest.model_validate(body)
+        req = FetchRequest.model_validate_json(bytes(raw))
     except ValidationError as exc:
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+            reason = next(str(err.get("msg", "")) for err in exc.errors() if err.get("type") == "json_invalid")
+            raise ApiError(400, f"malformed JSON body: {reason[:200]}") from exc
         details = clean_validation_errors(exc.errors())
         first = details[0] if details else {"loc": [], "msg": "invalid"}
         raise ApiError(422, f"{'.'.join(first['loc']) or 'body'}: {first['msg']}", details=details) from exc

@@ -39,8 +39,11 @@ def _figure(session: Session, figure_id: int) -> Figure:
     return fig
 
 
-def _media(data_home: Path, rel: str | None, figure_id: int, what: str) -> FileResponse:
-    """A FileResponse for a media path relative to the data home (404 if absent or outside it)."""
+def _media(data_home: Path, rel: str | None, figure_id: int, what: str, *, private: bool) -> FileResponse:
+    """A FileResponse for a media path relative to the data home (404 if absent or outside it).
+
+    Media never change under a path (content-hashed), so they are cacheable for a day; ``private``
+    (reads need a key) keeps them out of shared caches and proxies."""
     if not rel:
         raise ApiError(404, f"figure {figure_id} has no {what}")
     home = data_home.resolve()
@@ -48,7 +51,11 @@ def _media(data_home: Path, rel: str | None, figure_id: int, what: str) -> FileR
     if not path.is_relative_to(home) or not path.is_file():
         raise ApiError(404, f"the {what} of figure {figure_id} is missing from the media store")
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=86400, immutable"})
+    scope = "private" if private else "public"
+    headers = {"Cache-Control": f"{scope}, max-age=86400, immutable"}
+    if private:
+        headers["Vary"] = "X-API-Key"
+    return FileResponse(path, media_type=media_type, headers=headers)
 
 
 @router.get("/{figure_id}", response_model=FigureOut, summary="One figure with its article")
@@ -66,7 +73,8 @@ def get_figure(figure_id: FigureId, session: SessionDep) -> FigureOut:
 )
 def get_image(figure_id: FigureId, session: SessionDep, settings: SettingsDep) -> FileResponse:
     """Stream the stored image."""
-    return _media(settings.data_home, _figure(session, figure_id).image_path, figure_id, "image")
+    return _media(settings.data_home, _figure(session, figure_id).image_path, figure_id, "image",
+                  private=settings.read_api_key is not None)
 
 
 @router.get(
@@ -77,7 +85,8 @@ def get_image(figure_id: FigureId, session: SessionDep, settings: SettingsDep) -
 )
 def get_thumbnail(figure_id: FigureId, session: SessionDep, settings: SettingsDep) -> FileResponse:
     """Stream the stored thumbnail."""
-    return _media(settings.data_home, _figure(session, figure_id).thumb_path, figure_id, "thumbnail")
+    return _media(settings.data_home, _figure(session, figure_id).thumb_path, figure_id, "thumbnail",
+                  private=settings.read_api_key is not None)
 
 
 @router.get(

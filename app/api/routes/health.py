@@ -1,13 +1,16 @@
-"""``GET /healthz`` (liveness), ``GET /readyz`` (encoder and index loaded), ``GET /metrics``."""
+"""``GET /healthz`` (liveness), ``GET /readyz`` (encoder and index loaded), ``GET /metrics``.
+
+With ``read_api_key`` set, ``/metrics`` needs the key and ``/readyz`` shows only ``ready`` without
+it; ``/healthz`` stays open (it says nothing but "ok")."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.api.deps import ServicesDep
+from app.api.deps import ReadsAllowedDep, ServicesDep, require_read_key
 from app.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -25,10 +28,13 @@ def healthz() -> Health:
     summary="Readiness: encoder loaded and vectors indexed",
     responses={503: {"model": Readiness, "description": "Not ready; `reasons` says why"}},
 )
-async def readyz(services: ServicesDep) -> Response:
-    """200 when searches can be answered with results, else 503 with the reasons."""
+async def readyz(services: ServicesDep, allowed: ReadsAllowedDep) -> Response:
+    """200 when searches can be answered with results, else 503 with the reasons. When reads need
+    a key and the request has none, only ``ready`` is shown (a probe needs no more)."""
     search = services.search
     ready, reasons = await run_in_threadpool(search.readiness)
+    if not allowed:
+        return JSONResponse(Readiness(ready=ready).model_dump(include={"ready"}), status_code=200 if ready else 503)
     if services.worker is not None and services.worker.waiting:  # jobs held back: no encoder
         reasons.append(services.worker.waiting)
     body = Readiness(
@@ -43,6 +49,7 @@ async def readyz(services: ServicesDep) -> Response:
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
+    dependencies=[Depends(require_read_key)],
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
 )
