@@ -38,7 +38,7 @@ from PIL import Image
 from app.config import Settings
 from app.errors import NotReady
 from app.metrics import Metrics, timed
-from training.encoder_protocol import Encoder, TextEncoder
+from training.encoder_protocol import Encoder, TextEncoder, longest_first
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,6 @@ class SharedTextEncoder:
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """``inner.encode_texts`` as float32 ``[n, dim]``, slice by slice on the encoder thread."""
-        from training.encoders import longest_first
-
         order = longest_first(texts)
         vectors = self._sliced(lambda part: self.inner.encode_texts(part, batch_size=SLICE), [texts[i] for i in order])
         out = np.empty_like(vectors)

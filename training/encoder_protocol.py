@@ -5,6 +5,9 @@ texts into one space); the caption channel's sentence encoder
 (:class:`training.sentence_encoder.SentenceEncoder`) is a :class:`TextEncoder`. The indexer
 (embedding, caption vectors), the job worker and the search service type their encoders with these,
 so test doubles and the service's shared wrapper fit wherever a real model does.
+
+:func:`longest_first` is the order every text batcher shares (the encoders and the service's
+shared wrapper): it lives here, beside the protocols, because this module never imports torch.
 """
 
 from __future__ import annotations
@@ -35,3 +38,9 @@ class Encoder(TextEncoder, Protocol):
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = ...) -> np.ndarray:
         """float32 ``[len(images), dim]``, L2-normalised, in the input order."""
         ...
+
+
+def longest_first(texts: Sequence[object]) -> list[int]:
+    """Positions of ``texts`` from the longest to the shortest (by characters): batching texts in
+    this order pads each batch only to texts of similar length; results go back by position."""
+    return sorted(range(len(texts)), key=lambda i: -len(str(texts[i])))

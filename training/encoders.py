@@ -22,7 +22,7 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 from PIL import Image
 
-from training.encoder_protocol import Encoder, TextEncoder
+from training.encoder_protocol import Encoder, TextEncoder, longest_first
 from training.errors import ConfigError, EncoderLoadError
 from training.export import CONFIG_NAME
 from training.fsio import file_sha256
@@ -139,12 +139,6 @@ def _has_depthwise_conv(model: torch.nn.Module) -> bool:
     """Whether the image tower holds grouped (depthwise) convolutions, as EfficientNets do."""
     visual = getattr(model, "visual", None)
     return visual is not None and any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in visual.modules())
-
-
-def longest_first(texts: Sequence[object]) -> list[int]:
-    """Positions of ``texts`` from the longest to the shortest (by characters): batching texts in
-    this order pads each batch only to texts of similar length; results go back by position."""
-    return sorted(range(len(texts)), key=lambda i: -len(str(texts[i])))
 
 
 def _weights_file(folder: Path) -> Path:

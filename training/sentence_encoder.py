@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.encoders import longest_first, resolve_device
+from training.encoder_protocol import longest_first
+from training.encoders import resolve_device
 from training.errors import EncoderLoadError
 from training.fsio import file_sha256
 from training.model_factory import quiet_hf_loading
