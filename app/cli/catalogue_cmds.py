@@ -57,17 +57,18 @@ def ingest_cmd(
         raise typer.Exit(1)
 
 
-_FETCH_HELP = """Download article versions from the PMC Cloud Service (the public S3 bucket
-pmc-oa-opendata, read anonymously over HTTPS) and ingest them.
-
-PMCID fetches the latest version, PMCID.VERSION (PMC3166277.2) that version. --since DATE and
---inventory NAME read an S3 inventory of the bucket's metadata (latest by default) and fetch
-every version changed since DATE; each object's key and ETag are recorded in the catalogue, so a
-daily `fetch --inventory latest` only fetches what changed, and a killed run resumes. Every file
-is checked against the md5 its metadata names; a mismatch refuses the whole version. Retracted
-articles are not added, and are withdrawn from the catalogue and the indexes when present.
-NCBI's OA web service (oa.fcgi) and its .tar.gz packages were retired in August 2026: `ingest`
-still takes packages you hold."""
+_FETCH_HELP = (
+    "Download article versions from the PMC Cloud Service (the public S3 bucket pmc-oa-opendata, read "
+    "anonymously over HTTPS) and ingest them.\n\n"
+    "PMCID fetches the latest version, PMCID.VERSION (PMC3166277.2) that version. With --since DATE (and "
+    "optionally --inventory NAME) it reads an S3 inventory of the bucket's metadata (the latest by default) "
+    "and fetches every version changed since DATE; each object's key and ETag are recorded in the "
+    "catalogue, so a daily `fetch --inventory latest` only fetches what changed, and a killed run resumes. "
+    "Every file is checked against the md5 its metadata names; a mismatch refuses the whole version. "
+    "Retracted articles are not added, and are withdrawn from the catalogue and the indexes when present.\n\n"
+    "NCBI's OA web service (oa.fcgi) and its .tar.gz packages were retired in August 2026: `ingest` still "
+    "takes packages you hold."
+)
 
 
 def _ingest_callback(settings: Settings, factory: Any, progress: bool, reports: list[IngestReport]) -> Any:
