@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from app.config import Settings
 from app.errors import BadQuery, Busy
-from indexer.images import ALLOWED_FORMATS, to_rgb
+from indexer.images import ImageRejected, open_checked, to_rgb
 
 DECODE_SIDE = 512
 """Decoded query images keep a shorter side of at least this many pixels (the encoders use 224)."""
@@ -72,23 +71,9 @@ def open_query_image(fh: IO[bytes], max_pixels: int) -> Image.Image:
     an allowed image or has more than ``max_pixels`` pixels.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below decides
-            image = Image.open(fh)
-    except Image.DecompressionBombError as exc:
-        raise _bad(f"decompression bomb: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise _bad("not an image (unrecognised file content)") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise _bad(f"unreadable image: {exc}") from exc
-    if image.format not in ALLOWED_FORMATS:
-        raise _bad(f"image format {image.format} is not allowed")
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise _bad("image has no pixels")
-    if width * height > max_pixels:
-        raise _bad(f"{width}x{height} = {width * height} pixels, over the query-image limit of {max_pixels}")
-    return image
+        return open_checked(fh, max_pixels=max_pixels, limit="the query-image limit")
+    except ImageRejected as exc:
+        raise _bad(str(exc)) from exc
 
 
 def _to_l(image: Image.Image) -> Image.Image:

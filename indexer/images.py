@@ -24,6 +24,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -70,13 +71,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Open ``data`` (header only) and check format and size; raise ImageRejected otherwise."""
+def open_checked(data: bytes | IO[bytes], *, max_pixels: int, limit: str = "") -> Image.Image:
+    """Open ``data`` (bytes or a binary file; the header only, nothing decoded) and check its format
+    and pixel count; raise :class:`ImageRejected` otherwise. The one header check of every image the
+    project reads: figure images at ingest and query images (``app.query_image``), each with its own
+    ``max_pixels``; ``limit`` names that cap in the message (e.g. "the query-image limit")."""
+    fh = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
         with warnings.catch_warnings():
             # the explicit max_pixels check below decides; Pillow's own global limit only warns
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(fh)
     except Image.DecompressionBombError as exc:
         raise ImageRejected(f"decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
@@ -90,7 +95,8 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
         raise ImageRejected("image has no pixels")
     if width * height > max_pixels:
         raise ImageRejected(
-            f"decompression bomb: {width}x{height} = {width * height} pixels, over {max_pixels}"
+            f"decompression bomb: {width}x{height} = {width * height} pixels, over {limit or max_pixels}"
+            + (f" of {max_pixels}" if limit else "")
         )
     return img
 
@@ -177,8 +183,3 @@ def store_image(
         with atomic_file(thumb_file, fsync=fsync) as fh:
             thumb.save(fh, format="JPEG", quality=85)
     return stored
-
-
-# names used before these became public (app.search imports them)
-_open_checked = open_checked
-_to_rgb = to_rgb

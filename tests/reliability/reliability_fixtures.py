@@ -82,6 +82,28 @@ def make_settings(data_home: Path, db_url: str | None = None, **overrides: Any) 
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+def child_env(data_home: Path, db_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a CLI child (:mod:`cli_child`) confined to ``data_home`` and ``db_url``: the
+    fake encoder, no sentence encoder, CPU, one OpenMP thread, no ``BIOMEDSEARCH_*`` of the caller;
+    ``settings`` adds ``BIOMEDSEARCH_<NAME>`` values (``job_stale_s="1.0"``)."""
+    import os
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOMEDSEARCH_")}
+    env.update(
+        PYTHONPATH=str(repo),
+        OMP_NUM_THREADS="1",
+        BIOMEDSEARCH_DATA_HOME=str(data_home),
+        BIOMEDSEARCH_DATABASE_URL=db_url,
+        BIOMEDSEARCH_MODEL="fake",
+        BIOMEDSEARCH_TEXT_MODEL="",  # no sentence encoder: the fake CLIP encoder alone
+        BIOMEDSEARCH_DEVICE="cpu",
+        BIOMEDSEARCH_USE_GPU="false",
+    )
+    env.update({f"BIOMEDSEARCH_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
 def jpeg(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
     """A small JPEG whose pixels depend on ``seed`` (distinct seeds give distinct images)."""
     rng = np.random.default_rng(seed)

@@ -23,14 +23,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reliability_fixtures import API_KEY, FAKE_MODEL_ID, article_package, assert_consistent, make_settings
+from reliability_fixtures import (
+    API_KEY,
+    FAKE_MODEL_ID,
+    article_package,
+    assert_consistent,
+    child_env,
+    make_settings,
+)
 from sqlalchemy import select
 
 from indexer.catalogue import Job, make_engine, make_session_factory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("cli_child.py")
 ARTICLES = 30
 STALE_S = 2.0
@@ -43,24 +49,8 @@ def _free_port() -> int:
 
 
 def _env(home: Path, db_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOMEDSEARCH_")}
-    env.update(
-        PYTHONPATH=str(REPO),
-        OMP_NUM_THREADS="1",
-        BIOMEDSEARCH_DATA_HOME=str(home),
-        BIOMEDSEARCH_DATABASE_URL=db_url,
-        BIOMEDSEARCH_API_KEY=API_KEY,
-        BIOMEDSEARCH_MODEL="fake",
-        BIOMEDSEARCH_TEXT_MODEL="",
-        BIOMEDSEARCH_DEVICE="cpu",
-        BIOMEDSEARCH_USE_GPU="false",
-        BIOMEDSEARCH_HOST="127.0.0.1",
-        BIOMEDSEARCH_JOB_STALE_S=str(STALE_S),
-        BIOMEDSEARCH_WORKER_POLL_S="0.1",
-        BIOMEDSEARCH_INDEX_POLL_S="0.2",
-        BIOMEDSEARCH_ENCODE_BATCH_SIZE="2",
-    )
-    return env
+    return child_env(home, db_url, api_key=API_KEY, host="127.0.0.1", job_stale_s=str(STALE_S),
+                     worker_poll_s="0.1", index_poll_s="0.2", encode_batch_size="2")
 
 
 class Searcher(threading.Thread):

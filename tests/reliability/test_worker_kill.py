@@ -33,6 +33,7 @@ from reliability_fixtures import (
     article_package,
     article_zip,
     assert_consistent,
+    child_env,
     make_settings,
     package_members,
     tar_gz,
@@ -42,30 +43,15 @@ from sqlalchemy import select
 from app.main import create_app
 from indexer.catalogue import Job, make_engine, make_session_factory
 
-REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("worker_child.py")
 STALE_S = 1.0
 
 
 def _worker_env(home: Path, db_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOMEDSEARCH_")}
-    env.update(
-        PYTHONPATH=str(REPO),
-        OMP_NUM_THREADS="1",
-        BIOMEDSEARCH_DATA_HOME=str(home),
-        BIOMEDSEARCH_DATABASE_URL=db_url,
-        BIOMEDSEARCH_MODEL="fake",
-        BIOMEDSEARCH_TEXT_MODEL="",  # no sentence encoder: the fake CLIP encoder alone
-        BIOMEDSEARCH_DEVICE="cpu",
-        BIOMEDSEARCH_USE_GPU="false",
-        BIOMEDSEARCH_JOB_STALE_S=str(STALE_S),
-        # Kills here are far more frequent than crashes in service: a job is killed many times
-        # and must still finish, so the poison-job cap is lifted for this test.
-        BIOMEDSEARCH_JOB_MAX_ATTEMPTS="100000",
-        BIOMEDSEARCH_WORKER_POLL_S="0.1",
-        BIOMEDSEARCH_ENCODE_BATCH_SIZE="2",
-    )
-    return env
+    # Kills here are far more frequent than crashes in service: a job is killed many times and must
+    # still finish, so the poison-job cap is lifted for this test.
+    return child_env(home, db_url, job_stale_s=str(STALE_S), job_max_attempts="100000", worker_poll_s="0.1",
+                     encode_batch_size="2")
 
 
 def _submit(client: TestClient, name: str, data: bytes) -> int:
