@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -173,10 +172,10 @@ class LazyEncoder:
     ``retry_s`` seconds after a failure) and says why there is no encoder; calling returns it."""
 
     def __init__(
-        self, spec: Callable[[], str | None], load: Callable[[str], Any], *, missing: str, retry_s: float = 30.0
+        self, spec: Callable[[], str | None], load: Callable[[str], Encoder], *, missing: str, retry_s: float = 30.0
     ) -> None:
         self._spec, self._load, self._missing, self._retry_s = spec, load, missing, retry_s
-        self._encoder: Any = None
+        self._encoder: Encoder | None = None
         self._error: str | None = None
         self._failed_at: float | None = None
 
@@ -200,9 +199,9 @@ class LazyEncoder:
             return self._error
         return None
 
-    def __call__(self) -> Any:
+    def __call__(self) -> Encoder:
         """The encoder; raises JobError when it cannot be had (why, as :meth:`ready` says)."""
         reason = self.ready()
-        if reason is not None:
-            raise JobError(reason)
+        if reason is not None or self._encoder is None:
+            raise JobError(reason or "the encoder is not loaded")
         return self._encoder

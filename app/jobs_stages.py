@@ -26,6 +26,7 @@ from indexer.ingest import IngestReport
 from indexer.job_inputs import check_job_paths
 from indexer.pipeline import Encoders, ReindexReport, reindex
 from indexer.vocabulary import JobKind, JobState, Stage
+from training.encoder_protocol import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,8 @@ class JobRun:
         errors = self.errors + report_errors(self.report) + self.later_errors
         update_job(self.session_factory, self.job.id, self.worker_id, counts=counts, errors=errors, **values)
 
-    def _guarded(self, provider: Callable[[], Any]) -> Callable[[], Any]:
-        def text_encoder() -> Any:
+    def _guarded(self, provider: Callable[[], TextEncoder | None]) -> Callable[[], TextEncoder | None]:
+        def text_encoder() -> TextEncoder | None:
             try:
                 return provider()
             except Exception as exc:
