@@ -161,14 +161,18 @@ def _pending_batches(
         cursor = ids[-1]
 
 
-def _load_image(data_home: Path, rel_path: str) -> Image.Image | str:
-    """The RGB image at ``data_home / rel_path``, or a reason string when it cannot be read."""
+def load_image(data_home: Path, rel_path: str, *, mode: str | None = "RGB") -> Image.Image | str:
+    """The image at ``data_home / rel_path`` converted to ``mode``, or a reason string when it cannot be
+    read. ``mode=None``: the image opened but not decoded (the caller decodes it, e.g. at reduced size
+    with ``draft``, and closes it)."""
     path = (data_home / rel_path).resolve()
     if not path.is_relative_to(data_home):
         return f"image path {rel_path!r} leaves the data home"
     try:
+        if mode is None:
+            return Image.open(path)
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return im.convert(mode)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         return f"{type(exc).__name__}: {exc}"
 
@@ -308,7 +312,7 @@ def _prefetch(
 
     def submit(rows: list[_Row]) -> tuple[list[_Row], dict[int, Future[Image.Image | str]]]:
         loads = {
-            r.figure_id: pool.submit(_load_image, data_home, r.image_path)
+            r.figure_id: pool.submit(load_image, data_home, r.image_path)
             for r in rows
             if r.need_image and r.image_path is not None
         }

@@ -1,0 +1,139 @@
+"""The figure-type classifier: the image's zero-shot scores and the caption's evidence, combined.
+
+Two signals, one answer per figure (a :class:`indexer.vocabulary.FigureType` and a confidence):
+
+- **Image** (:class:`ZeroShot`): BiomedCLIP-style zero-shot classification with the current CLIP
+  encoder. Each type is described by a few names (:data:`PROMPTS`), each name is put into BiomedCLIP's
+  prompt templates (:data:`training.evaluate.BIOMEDCLIP_TEMPLATES`) and the text embeddings are
+  averaged into one class vector (:func:`training.evaluate.class_embeddings`); a figure's stored image
+  vector scores ``cos(image, class)`` against each, and ``softmax(scale * cos)`` over the 15 image
+  types (``other`` has no prompt) gives its probabilities.
+- **Caption** (:func:`indexer.caption_evidence.caption_scores`): modality words in the caption,
+  label and mentions.
+
+:func:`combine` adds them in log space: ``image_weight * log p_image(t) + caption_weight *
+caption(t)``, with ``other`` scored ``log(1/15)`` by the image (no opinion) plus ``other_bias``;
+the softmax of that is the combined distribution, its top type the label and its probability the
+confidence. A figure without an image vector is labelled from its caption alone (``other`` when
+the caption names nothing). The weights (:data:`DEFAULT_PARAMS`) were tuned with
+``biomedsearch eval-types --tune`` on the tuning split (MedPix train and the tune third of the
+hand-labelled figures), never on the split the README reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from indexer.caption_evidence import TYPES
+from indexer.vocabulary import FigureType
+from training.encoder_protocol import TextEncoder
+from training.evaluate import BIOMEDCLIP_TEMPLATES, class_embeddings
+
+CLASSIFIER_VERSION = "types-1"
+"""Stored with every label: a label made by another version is made again by the ``label`` stage."""
+
+T = FigureType
+PROMPTS: dict[FigureType, tuple[str, ...]] = {
+    T.CT: ("a CT scan", "a computed tomography image", "an axial CT slice"),
+    T.MRI: ("an MRI scan", "a magnetic resonance image", "a T2-weighted MR image"),
+    T.XRAY: ("an X-ray radiograph", "a chest X-ray", "a plain radiograph"),
+    T.ULTRASOUND: ("an ultrasound image", "a sonogram", "an echocardiogram"),
+    T.NUCLEAR: ("a nuclear medicine scan", "a PET scan", "a bone scintigraphy"),
+    T.ANGIOGRAPHY: ("an angiogram", "a digital subtraction angiography image", "a catheter angiography"),
+    T.HISTOLOGY: ("an H&E stained histology section", "a histopathology micrograph", "a light micrograph of tissue"),
+    T.FLUORESCENCE: ("an immunofluorescence micrograph", "an immunohistochemistry stained section",
+                     "a confocal fluorescence microscopy image"),
+    T.ELECTRON: ("an electron micrograph", "a transmission electron microscopy image",
+                 "a scanning electron microscopy image"),
+    T.PHOTO: ("a clinical photograph", "a photograph of a patient", "a photograph of a surgical specimen"),
+    T.ENDOSCOPY: ("an endoscopy image", "a colonoscopy view", "an endoscopic view of the mucosa"),
+    T.GEL: ("a western blot", "a gel electrophoresis image", "an immunoblot with protein bands"),
+    T.CHART: ("a chart", "a bar graph", "a line plot", "a scatter plot"),
+    T.DIAGRAM: ("a schematic diagram", "a flow chart", "an illustration"),
+    T.TABLE: ("a table", "a table of numbers", "a table with rows and columns"),
+}
+"""How each image type is named in the prompt templates (``other`` has none: it is what is left)."""
+
+IMAGE_TYPES: tuple[FigureType, ...] = tuple(t for t in TYPES if t in PROMPTS)
+_IMAGE_INDEX = np.array([TYPES.index(t) for t in IMAGE_TYPES])
+_OTHER = TYPES.index(FigureType.OTHER)
+
+
+@dataclass(frozen=True)
+class CombineParams:
+    """The combination's weights (see the module docstring)."""
+
+    scale: float = 50.0  # zero-shot logit scale: softmax(scale * cosine)
+    image_weight: float = 1.0
+    caption_weight: float = 1.0
+    other_bias: float = 2.0  # added to ``other`` (the caption's and the image's silence)
+
+
+DEFAULT_PARAMS = CombineParams(scale=50.0, image_weight=1.0, caption_weight=1.0, other_bias=2.0)
+
+
+class ZeroShot:
+    """The zero-shot image classifier of one encoder: its class vectors, built once."""
+
+    def __init__(self, encoder: TextEncoder, templates: Sequence[str] = BIOMEDCLIP_TEMPLATES) -> None:
+        self.model_id = encoder.model_id
+        prompts = [[template.format(name) for name in PROMPTS[t] for template in templates] for t in IMAGE_TYPES]
+        self.weights = class_embeddings(encoder, prompts)  # [len(IMAGE_TYPES), dim]
+
+    def cosines(self, image_vectors: np.ndarray) -> np.ndarray:
+        """``[n, len(IMAGE_TYPES)]`` cosine of each (unit) image vector with each class vector."""
+        return np.asarray(image_vectors, dtype=np.float32) @ self.weights.T
+
+
+def image_probabilities(cosines: np.ndarray, scale: float) -> np.ndarray:
+    """``[n, len(TYPES)]`` zero-shot probabilities over :data:`TYPES` (``other`` 0) from
+    :meth:`ZeroShot.cosines`."""
+    logits = scale * np.asarray(cosines, dtype=np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    out = np.zeros((p.shape[0], len(TYPES)), dtype=np.float64)
+    out[:, _IMAGE_INDEX] = p
+    return out
+
+
+def image_types(cosines: np.ndarray) -> list[FigureType]:
+    """The image-only prediction for each row of :meth:`ZeroShot.cosines`: the best-scoring type."""
+    return [IMAGE_TYPES[int(i)] for i in np.argmax(np.asarray(cosines), axis=1)]
+
+
+def combine(
+    caption: np.ndarray, cosines: np.ndarray | None, params: CombineParams = DEFAULT_PARAMS
+) -> np.ndarray:
+    """``[n, len(TYPES)]`` combined probabilities.
+
+    ``caption``: ``[n, len(TYPES)]`` caption evidence; ``cosines``: ``[n, len(IMAGE_TYPES)]`` zero-shot
+    cosines, with NaN rows (or None) for figures without an image vector.
+    """
+    caption = np.atleast_2d(np.asarray(caption, dtype=np.float64))
+    n = caption.shape[0]
+    logits = params.caption_weight * caption
+    logits[:, _OTHER] += params.other_bias
+    if cosines is not None:
+        cos = np.atleast_2d(np.asarray(cosines, dtype=np.float64))
+        has = ~np.isnan(cos).any(axis=1)
+        if has.any():
+            p = image_probabilities(cos[has], params.scale)
+            image = np.log(np.maximum(p, 1e-12))
+            image[:, _OTHER] = math.log(1.0 / len(IMAGE_TYPES))
+            logits[has] += params.image_weight * image
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    out /= out.sum(axis=1, keepdims=True)
+    assert out.shape == (n, len(TYPES))
+    return out
+
+
+def best(probabilities: np.ndarray) -> list[tuple[FigureType, float]]:
+    """The top type of each row of :func:`combine` with its probability (the stored confidence)."""
+    idx = np.argmax(probabilities, axis=1)
+    return [(TYPES[int(i)], float(probabilities[r, int(i)])) for r, i in enumerate(idx)]
