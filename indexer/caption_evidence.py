@@ -114,7 +114,7 @@ RULES: tuple[Rule, ...] = (
     # --- graphics --------------------------------------------------------------------------------
     _rule(r"\bkaplan[- –]meier|\bsurvival curves?|\bhistograms?\b|\bbar (?:graph|chart|plot)s?|\bbox ?plots?|"
           r"\bscatter ?plots?|\bforest plots?|\bfunnel plots?|\bROC curves?|\bline (?:graph|chart)s?|"
-          r"\bheat ?maps?|\bpie charts?|\bvolcano plots?|\bgraphs?\b|\bplots?\b|\bcurves?\b|\bchart\b",
+          r"\bheat ?maps?|\bpie charts?|\bvolcano plots?|\bgraphs?\b|\bplots?\b|\bcurves?\b|(?<!flow )\bchart\b",
           T.CHART, 3),
     _rule(r"\bmean\s?±|±\s?(?:S\.?E\.?M?|S\.?D\.?)\b|\berror bars?|\bp\s?[<=>]\s?0?\.\d|\bcorrelation\b|"
           r"\bregression\b|\bdistribution of|\bpercentage of|\bproportion of|\bfits?\b|\bdose[- ]response|"

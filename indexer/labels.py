@@ -88,12 +88,9 @@ def _pending_clause(model_id: str) -> ColumnElement[bool]:
         Embedding.figure_id == Figure.id, Embedding.model_id == model_id, Embedding.kind == VectorKind.IMAGE.value
     )
     caption_only = exists().where(
-        FigureLabel.figure_id == Figure.id,
-        FigureLabel.model_id == model_id,
-        FigureLabel.image_used.is_(False),
-        has_vector,
+        FigureLabel.figure_id == Figure.id, FigureLabel.model_id == model_id, FigureLabel.image_used.is_(False)
     )
-    return or_(~current, caption_only, Figure.multipanel.is_(None))
+    return or_(~current, and_(caption_only, has_vector), Figure.multipanel.is_(None))
 
 
 def count_unlabelled(session_factory: sessionmaker[Session], model_id: str) -> int:
