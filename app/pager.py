@@ -128,7 +128,10 @@ class Pager:
         while True:
             candidates = source(n)
             first = candidates if first is None else first
-            joined = self.join(candidates, filters)
+            # unfiltered, the page needs only its first candidates (all of them if some were deleted)
+            joined = self.join(candidates[:need] if filters.empty else candidates, filters)
+            if filters.empty and len(joined) < need < len(candidates):
+                joined = self.join(candidates, filters)
             if len(joined) >= need or n >= total or len(candidates) < n:
                 break
             n = min(total, 4 * n)

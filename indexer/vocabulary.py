@@ -138,7 +138,7 @@ class FigureType(StrEnum):
     HISTOLOGY = "histology"  # light microscopy of stained tissue (H&E, PAS, trichrome...), cytology
     FLUORESCENCE = "fluorescence"  # immunohistochemistry, immunofluorescence, confocal
     ELECTRON = "electron"  # electron microscopy (TEM, SEM)
-    PHOTO = "photo"  # clinical photograph (patient, lesion, gross specimen, operative field, fundus)
+    PHOTO = "photo"  # photograph: clinical (patient, lesion, operative field, fundus), specimen, device, culture
     ENDOSCOPY = "endoscopy"
     GEL = "gel"  # gel electrophoresis, western / northern / southern blot
     CHART = "chart"  # plots, graphs, curves, histograms
@@ -178,7 +178,7 @@ _TYPE_LABELS = {
     FigureType.HISTOLOGY: "Histology / H&E",
     FigureType.FLUORESCENCE: "IHC / fluorescence",
     FigureType.ELECTRON: "Electron microscopy",
-    FigureType.PHOTO: "Clinical photograph",
+    FigureType.PHOTO: "Photograph",
     FigureType.ENDOSCOPY: "Endoscopy",
     FigureType.GEL: "Gel / blot",
     FigureType.CHART: "Chart / plot",
