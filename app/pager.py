@@ -93,9 +93,12 @@ Joined = tuple[float, Figure, Article, FusedHit | None]
 class Pager:
     """Pages candidates: over-fetches for filters, joins the catalogue, fills matched terms."""
 
-    def __init__(self, session_factory: sessionmaker[Session], metrics: Metrics) -> None:
+    def __init__(
+        self, session_factory: sessionmaker[Session], metrics: Metrics, facet_candidates: int = FACET_CANDIDATES
+    ) -> None:
         self.session_factory = session_factory
         self.metrics = metrics
+        self.facet_candidates = facet_candidates
         self._catalogue_count: tuple[float, int] | None = None  # (monotonic time, figures)
 
     def page(
@@ -117,13 +120,13 @@ class Pager:
         ``total`` bounds how many candidates the source can give; ``indexed`` and ``version`` are
         what the page reports as searched, ``mode`` and ``channels`` what was asked and used;
         ``facets`` (names from :data:`indexer.filters.FACETS`) are counted over the best
-        :data:`FACET_CANDIDATES` candidates.
+        ``facet_candidates`` (:data:`FACET_CANDIDATES`) candidates.
         """
         need = offset + k
         if total == 0:
             return Page([], indexed, version, mode, channels, {f: [] for f in facets} if facets else None)
         n = need if filters.empty else max(4 * need, 50)
-        n = min(max(n, FACET_CANDIDATES) if facets else n, total)
+        n = min(max(n, self.facet_candidates) if facets else n, total)
         first: list[Candidate] | None = None
         while True:
             candidates = source(n)
@@ -139,7 +142,7 @@ class Pager:
             Hit(rank=i + 1, score=score, figure=fig, article=art, match=match)
             for i, (score, fig, art, match) in enumerate(joined[:need])
         ]
-        counted = [c.figure_id for c in first[:FACET_CANDIDATES]] if facets else []
+        counted = [c.figure_id for c in first[: self.facet_candidates]] if facets else []
         counts = self.facets(counted, filters, facets) if facets else None
         return Page(hits[offset:], indexed, version, mode, channels, counts, len(set(counted)))
 

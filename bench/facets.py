@@ -12,7 +12,7 @@ service's pager (:meth:`app.pager.Pager.page`, k=24) on the same query without f
 prints the medians, the 95th percentiles and the difference, with the load average.
 
     python -m bench.facets                       # 100k figures, 200 queries per mode
-    python -m bench.facets --figures 20000 --queries 50 --work-dir /tmp/facets-home
+    python -m bench.facets --figures 20000 --queries 50 --work-dir /tmp/facets-home --candidates 200,500,1000
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--queries", type=int, default=200, help="queries per mode")
     ap.add_argument("--work-dir", type=Path, default=None, help="data home to build or reuse (default: a temp one)")
     ap.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--candidates", default=str(FACET_CANDIDATES),
+                    help="comma-separated facet candidate-set sizes to compare (default: the service's)")
     return ap.parse_args(argv)
 
 
@@ -157,20 +159,21 @@ def main(argv: list[str] | None = None) -> None:
         home = args.work_dir or Path(tmp) / "home"
         factory = build(home, args.figures, args.shared_data)
         queries = query_texts(args.shared_data, args.queries, seed=18)
-        pager = Pager(factory, Metrics())
+        sizes = [int(x) for x in args.candidates.split(",") if x.strip()]
         rows = []
         for mode, per_query in sources(factory, home, args.figures, queries).items():
             total = args.figures if mode == "dense" else 20_000  # the service's bound on a fused source
-            rows.append((mode, *measure(pager, per_query, total, args.figures)))
+            for size in sizes:
+                rows.append((mode, size, *measure(Pager(factory, Metrics(), size), per_query, total, args.figures)))
         load = load_average()
-    print(f"\nfacet cost at {args.figures} figures: pager (candidates + catalogue join, k={K}) without and with "
-          f"facets={','.join(FACETS)} over the best {FACET_CANDIDATES} candidates; {args.queries} queries per mode; "
+    print(f"\nfacet cost at {args.figures} figures: the pager (candidates + catalogue join, k={K}) without and "
+          f"with facets={','.join(FACETS)} counted over the best N candidates; {args.queries} queries per mode; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
-    print("| mode | without facets, median (p95) ms | with facets, median (p95) ms | added, median ms |")
-    print("|---|---|---|---|")
-    for mode, plain, faceted in rows:
+    print("| mode | N | without facets, median (p95) ms | with facets, median (p95) ms | added, median ms |")
+    print("|---|---|---|---|---|")
+    for mode, size, plain, faceted in rows:
         added = statistics.median(f - p for f, p in zip(faceted, plain, strict=True))
-        print(f"| {mode} | {statistics.median(plain):.2f} ({_p95(plain):.2f}) | "
+        print(f"| {mode} | {size} | {statistics.median(plain):.2f} ({_p95(plain):.2f}) | "
               f"{statistics.median(faceted):.2f} ({_p95(faceted):.2f}) | {added:.2f} |")
 
 

@@ -14,10 +14,13 @@ Two signals, one answer per figure (a :class:`indexer.vocabulary.FigureType` and
 :func:`combine` adds them in log space: ``image_weight * log p_image(t) + caption_weight *
 caption(t)``, with ``other`` scored ``log(1/15)`` by the image (no opinion) plus ``other_bias``;
 the softmax of that is the combined distribution, its top type the label and its probability the
-confidence. A figure without an image vector is labelled from its caption alone (``other`` when
-the caption names nothing). The weights (:data:`DEFAULT_PARAMS`) were tuned with
-``biomedsearch eval-types --tune`` on the tuning split (MedPix train and the tune third of the
-hand-labelled figures), never on the split the README reports.
+confidence. ``p_image`` is the zero-shot softmax with a per-type prior added to its logits
+(``image_bias``: how much to trust the encoder on each type; a small encoder trained on CT/MR pairs
+knows those two and little else). A figure without an image vector is labelled from its caption
+alone (``other`` when the caption names nothing). The weights (:data:`DEFAULT_PARAMS`) were tuned
+for the default encoder with ``biomedsearch eval-types --tune`` on the tuning split (MedPix train
+and the tune third of the hand-labelled figures), never on the split the README reports; another
+encoder needs its own tuning (the command prints the values to put here).
 """
 
 from __future__ import annotations
@@ -67,10 +70,17 @@ _OTHER = TYPES.index(FigureType.OTHER)
 class CombineParams:
     """The combination's weights (see the module docstring)."""
 
-    scale: float = 50.0  # zero-shot logit scale: softmax(scale * cosine)
+    scale: float = 50.0  # zero-shot logit scale: softmax(scale * cosine + image_bias)
     image_weight: float = 1.0
     caption_weight: float = 1.0
     other_bias: float = 2.0  # added to ``other`` (the caption's and the image's silence)
+    image_bias: tuple[float, ...] = (0.0,) * 15  # per image type (IMAGE_TYPES order): the zero-shot prior
+
+    def describe(self) -> str:
+        """The parameters as Python source (what ``eval-types --tune`` prints for :data:`DEFAULT_PARAMS`)."""
+        bias = ", ".join(f"{b:g}" for b in self.image_bias)
+        return (f"CombineParams(scale={self.scale:g}, image_weight={self.image_weight:g}, "
+                f"caption_weight={self.caption_weight:g}, other_bias={self.other_bias:g}, image_bias=({bias}))")
 
 
 DEFAULT_PARAMS = CombineParams(scale=50.0, image_weight=1.0, caption_weight=1.0, other_bias=2.0)
@@ -89,10 +99,12 @@ class ZeroShot:
         return np.asarray(image_vectors, dtype=np.float32) @ self.weights.T
 
 
-def image_probabilities(cosines: np.ndarray, scale: float) -> np.ndarray:
+def image_probabilities(cosines: np.ndarray, scale: float, bias: Sequence[float] | None = None) -> np.ndarray:
     """``[n, len(TYPES)]`` zero-shot probabilities over :data:`TYPES` (``other`` 0) from
-    :meth:`ZeroShot.cosines`."""
+    :meth:`ZeroShot.cosines`: ``softmax(scale * cosine + bias)``."""
     logits = scale * np.asarray(cosines, dtype=np.float64)
+    if bias is not None:
+        logits = logits + np.asarray(bias, dtype=np.float64)[None, :]
     logits -= logits.max(axis=1, keepdims=True)
     p = np.exp(logits)
     p /= p.sum(axis=1, keepdims=True)
@@ -122,7 +134,7 @@ def combine(
         cos = np.atleast_2d(np.asarray(cosines, dtype=np.float64))
         has = ~np.isnan(cos).any(axis=1)
         if has.any():
-            p = image_probabilities(cos[has], params.scale)
+            p = image_probabilities(cos[has], params.scale, params.image_bias)
             image = np.log(np.maximum(p, 1e-12))
             image[:, _OTHER] = math.log(1.0 / len(IMAGE_TYPES))
             logits[has] += params.image_weight * image

@@ -24,7 +24,7 @@ import csv
 import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,10 @@ class Scored:
         return Scored([self.items[i] for i in idx], self.evidence[idx], self.cosines[idx],
                       [self.caption_panels[i] for i in idx], [self.image_panels[i] for i in idx])
 
+    def combined(self, params: CombineParams) -> list[FigureType]:
+        """The combined classifier's prediction for every item."""
+        return [t for t, _ in best(combine(self.evidence, self.cosines, params))]
+
     def predict(self, params: CombineParams) -> dict[str, list[FigureType]]:
         """Each method's prediction for every item."""
         has_image = ~np.isnan(self.cosines).any(axis=1)
@@ -204,7 +208,7 @@ class Scored:
         return {
             "image": [t if ok else FigureType.OTHER for t, ok in zip(image, has_image, strict=True)],
             "caption": [caption_type(e) for e in self.evidence],
-            "combined": [t for t, _ in best(combine(self.evidence, self.cosines, params))],
+            "combined": self.combined(params),
         }
 
 
@@ -293,17 +297,48 @@ def panel_report(scored: Scored) -> dict[str, dict[str, float]]:
     }
 
 
-def tune(scored: Scored, grid: Mapping[str, Sequence[float]] = GRID) -> tuple[CombineParams, float]:
-    """The grid point with the best combined macro-F1 on ``scored`` (the tune split), and that score."""
+BIAS_STEPS = (-6.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
+"""The per-type zero-shot priors :func:`tune` tries, one type at a time."""
+
+
+def tune(
+    scored: Scored, grid: Mapping[str, Sequence[float]] = GRID, bias_steps: Sequence[float] = BIAS_STEPS,
+    rounds: int = 2,
+) -> tuple[CombineParams, float]:
+    """The weights with the best combined macro-F1 on ``scored`` (the tune split), and that score.
+
+    The grid of :data:`GRID` first (no priors), then ``rounds`` of coordinate ascent: each image
+    type's prior set to the best of ``bias_steps`` in turn (ties go to the smallest prior), then the
+    grid again with those priors. Deterministic."""
     truth = [it.truth for it in scored.items]
-    best_params, best_score = CombineParams(), -1.0
     names = list(grid)
-    for values in itertools.product(*(grid[n] for n in names)):
-        params = CombineParams(**dict(zip(names, values, strict=True)))
-        value = macro_f1(truth, scored.predict(params)["combined"])
-        if value > best_score + 1e-9:
-            best_params, best_score = params, value
-    return best_params, best_score
+
+    def value(params: CombineParams) -> float:
+        return macro_f1(truth, scored.combined(params))
+
+    def search_grid(bias: tuple[float, ...]) -> tuple[CombineParams, float]:
+        found, found_value = CombineParams(image_bias=bias), -1.0
+        for values in itertools.product(*(grid[n] for n in names)):
+            params = CombineParams(**dict(zip(names, values, strict=True)), image_bias=bias)
+            v = value(params)
+            if v > found_value + 1e-9:
+                found, found_value = params, v
+        return found, found_value
+
+    best_params, best_value = search_grid((0.0,) * len(IMAGE_TYPES))
+    for _ in range(rounds):
+        bias = list(best_params.image_bias)
+        for j in range(len(IMAGE_TYPES)):
+            trials = []
+            for step in bias_steps:
+                bias[j] = step
+                trials.append((value(replace(best_params, image_bias=tuple(bias))), -abs(step), step))
+            bias[j] = max(trials)[2]
+        params, v = search_grid(tuple(bias))
+        if v <= best_value + 1e-9:
+            break
+        best_params, best_value = params, v
+    return best_params, best_value
 
 
 def summary(scored: Scored, params: CombineParams) -> dict[str, Any]:

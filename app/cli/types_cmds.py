@@ -89,10 +89,10 @@ def eval_types_cmd(
     if tune:
         tune_set = scored.subset(it.split == "tune" and it.source != "medpix" for it in scored.items)
         params, value = tune_params(tune_set)
-        lines += [f"Tuned on {len(tune_set.items)} figures (MedPix train + hand labels marked tune): {params} "
-                  f"(combined macro-F1 {_pct(value)} there).", ""]
+        lines += [f"Tuned on {len(tune_set.items)} figures (MedPix train + hand labels marked tune): "
+                  f"`{params.describe()}` (combined macro-F1 {_pct(value)} there).", ""]
     else:
-        lines += [f"Combination weights: {params}.", ""]
+        lines += [f"Combination weights: `{params.describe()}`.", ""]
     hand_test = scored.subset(it.split == "test" and it.source not in ("medpix-val", "medpix-train", "medpix")
                               for it in scored.items)
     medpix_val = scored.subset(it.source == "medpix-val" for it in scored.items)
@@ -115,7 +115,7 @@ def eval_types_cmd(
     typer.echo("\n".join(lines))
     if out is not None:
         doc = {
-            "model_id": encoder.model_id, "params": params.__dict__,
+            "model_id": encoder.model_id, "params": {**params.__dict__, "image_bias": list(params.image_bias)},
             "macro_f1": {t: r["macro_f1"] for t, r in results.items()},
             "per_type": {t: {m: [s.__dict__ | {"kind": s.kind.value} for s in r["per_type"][m]]
                              for m in r["per_type"]} for t, r in results.items()},
