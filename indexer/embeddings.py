@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -33,6 +34,9 @@ from indexer.catalogue import Embedding, Figure
 from training.encoder_protocol import Encoder
 
 log = logging.getLogger(__name__)
+
+_B = TypeVar("_B")
+_S = TypeVar("_S")
 
 KINDS: tuple[str, str] = ("image", "caption")
 
@@ -305,6 +309,17 @@ def _row(figure_id: int, model_id: str, kind: str, vector: np.ndarray) -> dict[s
     }
 
 
+def one_ahead(batches: Iterator[_B], submit: Callable[[_B], _S]) -> Iterator[_S]:
+    """``submit(batch)`` for each batch, called one batch ahead of the consumer: while the caller
+    works on one batch's result, the thread pool that ``submit`` hands work to runs the next one's."""
+    pending: list[_S] = []
+    for batch in batches:
+        pending.append(submit(batch))
+        if len(pending) == 2:
+            yield pending.pop(0)
+    yield from pending
+
+
 def _prefetch(
     batches: Iterator[list[_Row]], pool: ThreadPoolExecutor, data_home: Path
 ) -> Iterator[tuple[list[_Row], dict[int, Future[Image.Image | str]]]]:
@@ -318,13 +333,7 @@ def _prefetch(
         }
         return rows, loads
 
-    ahead = None
-    for rows in batches:
-        current, ahead = ahead, submit(rows)
-        if current is not None:
-            yield current
-    if ahead is not None:
-        yield ahead
+    return one_ahead(batches, submit)
 
 
 # --- reading vectors back ----------------------------------------------------------------------

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from indexer.caption_evidence import caption_scores
 from indexer.catalogue import Embedding, Figure, FigureLabel, utcnow
-from indexer.embeddings import load_image, vectors_for_figures
+from indexer.embeddings import load_image, one_ahead, vectors_for_figures
 from indexer.figure_types import (
     CLASSIFIER_VERSION,
     DEFAULT_PARAMS,
@@ -140,13 +140,7 @@ def _prefetch(
             if r.multipanel is None and r.image_path
         }
 
-    ahead = None
-    for rows in batches:
-        current, ahead = ahead, submit(rows)
-        if current is not None:
-            yield current
-    if ahead is not None:
-        yield ahead
+    return one_ahead(batches, submit)
 
 
 def label_pending(

@@ -30,12 +30,22 @@ def _type_table(title: str, result: dict[str, Any]) -> list[str]:
             rows.setdefault(s.kind.value, {"support": s.support})[method] = s
     lines = [f"**{title}** ({result['n']} figures; precision / recall, %)", "",
              "| type | n | image only | caption only | combined |", "|---|---|---|---|---|"]
+    stray: dict[str, list[str]] = {m: [] for m in METHODS}  # predicted types the truth does not hold
     for kind, row in rows.items():
+        if not row["support"]:
+            for method in METHODS:
+                s = row.get(method)
+                if s is not None and s.predicted:
+                    stray[method].append(f"{kind} {s.predicted}")
+            continue
         cells = []
         for method in METHODS:
             s = row.get(method)
             cells.append(f"{_pct(s.precision)} / {_pct(s.recall)}" if s is not None else "- / -")
         lines.append(f"| {kind} | {row['support']} | " + " | ".join(cells) + " |")
+    if any(stray.values()):
+        cells = [", ".join(stray[m]) or "none" for m in METHODS]
+        lines.append("| *predicted, not in the truth* | | " + " | ".join(cells) + " |")
     f1 = result["macro_f1"]
     lines.append(f"| **macro-F1** | | {_pct(f1['image'])} | {_pct(f1['caption'])} | **{_pct(f1['combined'])}** |")
     return [*lines, ""]
