@@ -33,7 +33,7 @@ from indexer.facets import FacetValue, facet_counts
 from indexer.filters import Filters
 from indexer.lexical import match_terms
 
-FACET_CANDIDATES = 1000  # facets count over a query's best this many candidates
+FACET_CANDIDATES = 250  # facets count over a query's best this many candidates (bench/facets.py)
 CATALOGUE_COUNT_TTL_S = 1.0  # lexical answers' `indexed` may lag the catalogue by this much
 # The columns a search hit carries (app.schemas.figure_fields / article_ref). The join loads only
 # these: the JSON columns (mentions, extra) cost a decode per row and no answer shows them.

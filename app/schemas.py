@@ -200,7 +200,7 @@ class SearchResponse(BaseModel):
                     "results": [],
                     "facets": {"type": [{"value": "ct", "count": 41, "label": "CT", "group": "radiology"}],
                                "year": [{"value": 2019, "count": 12}]},
-                    "facet_candidates": 1000,
+                    "facet_candidates": 250,
                 }
             ]
         }

@@ -9,7 +9,8 @@ for ``--queries`` real-caption queries in each mode (lexical: the full-text chan
 vector near an indexed figure against the image index; hybrid: both fused by RRF), it times the
 service's pager (:meth:`app.pager.Pager.page`, k=24) on the same query without facets and with
 ``facets=type,year,journal,license``, alternating the two so they see the same machine state, and
-prints the medians, the 95th percentiles and the difference, with the load average.
+prints, over the queries, the medians and 95th percentiles of each query's fastest of ``--repeats`` runs
+and the median difference, with the load average.
 
     python -m bench.facets                       # 100k figures, 200 queries per mode
     python -m bench.facets --figures 20000 --queries 50 --work-dir /tmp/facets-home --candidates 200,500,1000
@@ -65,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--queries", type=int, default=200, help="queries per mode")
     ap.add_argument("--work-dir", type=Path, default=None, help="data home to build or reuse (default: a temp one)")
     ap.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each query and variant; the fastest counts")
     ap.add_argument("--candidates", default=str(FACET_CANDIDATES),
                     help="comma-separated facet candidate-set sizes to compare (default: the service's)")
     return ap.parse_args(argv)
@@ -126,22 +128,25 @@ def sources(factory: sessionmaker[Session], home: Path, n: int, queries: list[st
 
 
 def measure(
-    pager: Pager, per_query: list[CandidateSource], total: int, indexed: int
+    pager: Pager, per_query: list[CandidateSource], total: int, indexed: int, repeats: int
 ) -> tuple[list[float], list[float]]:
-    """Milliseconds of each query's page without and with facets, the two runs alternating in order."""
+    """Per query, the fastest of ``repeats`` runs of its page without and with facets (the two
+    alternating, so both see the same machine; the fastest run is the one least disturbed by the
+    other processes of a shared machine), in milliseconds."""
     plain: list[float] = []
     faceted: list[float] = []
-    for i, source in enumerate(per_query):
+    for source in per_query:
         def run(facets: tuple[str, ...], source: CandidateSource = source) -> None:
             pager.page(source, K, 0, Filters(), total=total, indexed=indexed, version=1, facets=facets)
 
         run(FACETS)  # warm this query's rows in the database cache for both runs
-        if i % 2:
-            with_facets_ms, without_ms = timed(run, FACETS), timed(run, ())
-        else:
-            without_ms, with_facets_ms = timed(run, ()), timed(run, FACETS)
-        plain.append(without_ms)
-        faceted.append(with_facets_ms)
+        without, with_facets = [], []
+        for r in range(repeats):
+            order = ((), FACETS) if r % 2 == 0 else (FACETS, ())
+            for facets in order:
+                (with_facets if facets else without).append(timed(run, facets))
+        plain.append(min(without))
+        faceted.append(min(with_facets))
     return plain, faceted
 
 
@@ -164,10 +169,12 @@ def main(argv: list[str] | None = None) -> None:
         for mode, per_query in sources(factory, home, args.figures, queries).items():
             total = args.figures if mode == "dense" else 20_000  # the service's bound on a fused source
             for size in sizes:
-                rows.append((mode, size, *measure(Pager(factory, Metrics(), size), per_query, total, args.figures)))
+                pager = Pager(factory, Metrics(), size)
+                rows.append((mode, size, *measure(pager, per_query, total, args.figures, args.repeats)))
         load = load_average()
     print(f"\nfacet cost at {args.figures} figures: the pager (candidates + catalogue join, k={K}) without and "
-          f"with facets={','.join(FACETS)} counted over the best N candidates; {args.queries} queries per mode; "
+          f"with facets={','.join(FACETS)} counted over the best N candidates; {args.queries} queries per mode, "
+          f"the fastest of {args.repeats} runs each; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
     print("| mode | N | without facets, median (p95) ms | with facets, median (p95) ms | added, median ms |")
     print("|---|---|---|---|---|")

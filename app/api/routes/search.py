@@ -11,6 +11,7 @@ from app.api.body_cap import QueryImageRoute
 from app.api.deps import SearchDep, ServicesDep, SettingsDep
 from app.api.routes._common import ERRORS, NOT_READY, check_depth, facet_names, search_filters, search_response
 from app.middleware import ApiError
+from app.pager import FACET_CANDIDATES
 from app.query_image import decode_query_image
 from app.schemas import MAX_K, ErrorResponse, SearchResponse
 from indexer.filters import FACETS
@@ -44,8 +45,8 @@ TYPE_HELP = (
 )
 MULTIPANEL_HELP = "`false`: single-panel figures only; `true`: multi-panel figures only."
 FACETS_HELP = (
-    f"Facets to count ({', '.join(FACETS)}; comma-separated or repeated) over the query's best 1000 "
-    "candidates, each with every other filter applied."
+    f"Facets to count ({', '.join(FACETS)}; comma-separated or repeated) over the query's best "
+    f"{FACET_CANDIDATES} candidates, each with every other filter applied but its own."
 )
 Types = Annotated[list[str] | None, Query(alias="type", max_length=MAX_TYPES, description=TYPE_HELP)]
 Multipanel = Annotated[bool | None, Query(description=MULTIPANEL_HELP)]
