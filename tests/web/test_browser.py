@@ -216,7 +216,8 @@ def test_image_upload_search_finds_the_same_figure_and_switches_to_captions(
     assert "Figure 2" in first.inner_text() and "PLoS ONE" in first.inner_text()
     score = float(re.search(r"score (-?\d\.\d{3})", first.inner_text()).group(1))  # type: ignore[union-attr]
     assert score > 0.95
-    wait_images(page, "#results .card img")
+    page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")  # type: ignore[attr-defined]
+    wait_images(page, "#results .card img")  # thumbnails load lazily: scrolled into view, every one loads
     shot(page, "search-image")
 
     # image -> text: ranked captions, shown caption-first
