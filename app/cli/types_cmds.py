@@ -47,7 +47,9 @@ def _type_table(title: str, result: dict[str, Any]) -> list[str]:
         cells = [", ".join(stray[m]) or "none" for m in METHODS]
         lines.append("| *predicted, not in the truth* | | " + " | ".join(cells) + " |")
     f1 = result["macro_f1"]
-    lines.append(f"| **macro-F1** | | {_pct(f1['image'])} | {_pct(f1['caption'])} | **{_pct(f1['combined'])}** |")
+    top = max(f1.values())
+    cells = [f"**{_pct(f1[m])}**" if f1[m] == top else _pct(f1[m]) for m in METHODS]
+    lines.append("| **macro-F1** | | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
