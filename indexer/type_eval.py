@@ -157,8 +157,11 @@ def _table(path: Path, table_id: str) -> tuple[str | None, str]:
 
 
 def _roco_captions(path: Path) -> dict[str, str]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        return {row["roco_id"]: row["caption"] for row in csv.DictReader(fh, delimiter="\t")}
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            return {row["roco_id"]: row["caption"] for row in csv.DictReader(fh, delimiter="\t")}
+    except (OSError, KeyError) as exc:
+        raise EvalError(f"cannot read the ROCO captions at {path}: {exc}") from None
 
 
 def _lines(path: Path) -> list[str]:
