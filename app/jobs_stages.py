@@ -190,6 +190,8 @@ def report_counts(report: ReindexReport) -> dict[str, Any]:
         out["embedded_images"] = report.images.images
     if report.captions is not None:
         out["embedded_captions"] = report.captions.captions
+    if report.labels is not None:
+        out["labelled"] = report.labels.labelled
     for publication in report.publications:
         out.update(publish_counts(publication))
     if report.caption_channel is not None:

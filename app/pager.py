@@ -11,6 +11,10 @@
    after the index version was built) are dropped; ranks are 1-based across pages.
 3. **Matched terms.** The lexical channel ranks without them; only the page's lexically matched
    hits get the query's matched words per field (for highlighting).
+4. **Facets.** A page that asks for facets fetches at least :data:`FACET_CANDIDATES` candidates on
+   its first pass and counts each facet's values over the best ``FACET_CANDIDATES`` of them
+   (:func:`indexer.facets.facet_counts`): the query's candidate set, bounded, so the counts cost the
+   same at 100k figures as at 1k.
 """
 
 from __future__ import annotations
@@ -25,15 +29,18 @@ from sqlalchemy.orm import Session, load_only, sessionmaker
 from app.metrics import Metrics, timed
 from app.ranking import FusedHit
 from indexer.catalogue import Article, Figure
+from indexer.facets import FacetValue, facet_counts
 from indexer.filters import Filters
 from indexer.lexical import match_terms
 
+FACET_CANDIDATES = 250  # facets count over a query's best this many candidates (bench/facets.py)
 CATALOGUE_COUNT_TTL_S = 1.0  # lexical answers' `indexed` may lag the catalogue by this much
 # The columns a search hit carries (app.schemas.figure_fields / article_ref). The join loads only
 # these: the JSON columns (mentions, extra) cost a decode per row and no answer shows them.
 HIT_FIGURE_COLUMNS = (
     Figure.id, Figure.article_id, Figure.label, Figure.caption, Figure.caption_title, Figure.fig_id,
-    Figure.position, Figure.width, Figure.height, Figure.image_path, Figure.thumb_path,
+    Figure.position, Figure.width, Figure.height, Figure.image_path, Figure.thumb_path, Figure.figure_type,
+    Figure.type_confidence, Figure.type_model, Figure.multipanel, Figure.multipanel_evidence,
 )
 HIT_ARTICLE_COLUMNS = (
     Article.id, Article.pmcid, Article.doi, Article.pmid, Article.title, Article.journal, Article.year, Article.license,
@@ -68,13 +75,16 @@ class Hit:
 
 @dataclass(frozen=True)
 class Page:
-    """One page of hits plus what was searched (``mode`` and the ``channels`` that took part)."""
+    """One page of hits plus what was searched (``mode`` and the ``channels`` that took part) and,
+    when asked for, the facet counts over the ``facet_candidates`` best candidates."""
 
     hits: list[Hit]
     indexed: int
     index_version: int | None
     mode: str = "dense"
     channels: tuple[str, ...] = ()
+    facets: dict[str, list[FacetValue]] | None = None
+    facet_candidates: int = 0
 
 
 Joined = tuple[float, Figure, Article, FusedHit | None]
@@ -83,9 +93,12 @@ Joined = tuple[float, Figure, Article, FusedHit | None]
 class Pager:
     """Pages candidates: over-fetches for filters, joins the catalogue, fills matched terms."""
 
-    def __init__(self, session_factory: sessionmaker[Session], metrics: Metrics) -> None:
+    def __init__(
+        self, session_factory: sessionmaker[Session], metrics: Metrics, facet_candidates: int = FACET_CANDIDATES
+    ) -> None:
         self.session_factory = session_factory
         self.metrics = metrics
+        self.facet_candidates = facet_candidates
         self._catalogue_count: tuple[float, int] | None = None  # (monotonic time, figures)
 
     def page(
@@ -100,20 +113,28 @@ class Pager:
         version: int | None,
         channels: tuple[str, ...] = (),
         mode: str = "dense",
+        facets: tuple[str, ...] = (),
     ) -> Page:
         """Fetch candidates from ``source``, filter and join them, and cut the page ``[offset, offset+k)``.
 
         ``total`` bounds how many candidates the source can give; ``indexed`` and ``version`` are
-        what the page reports as searched, ``mode`` and ``channels`` what was asked and used.
+        what the page reports as searched, ``mode`` and ``channels`` what was asked and used;
+        ``facets`` (names from :data:`indexer.filters.FACETS`) are counted over the best
+        ``facet_candidates`` (:data:`FACET_CANDIDATES`) candidates.
         """
         need = offset + k
         if total == 0:
-            return Page([], indexed, version, mode, channels)
+            return Page([], indexed, version, mode, channels, {f: [] for f in facets} if facets else None)
         n = need if filters.empty else max(4 * need, 50)
-        n = min(n, total)
+        n = min(max(n, self.facet_candidates) if facets else n, total)
+        first: list[Candidate] | None = None
         while True:
             candidates = source(n)
-            joined = self.join(candidates, filters)
+            first = candidates if first is None else first
+            # unfiltered, the page needs only its first candidates (all of them if some were deleted)
+            joined = self.join(candidates[:need] if filters.empty else candidates, filters)
+            if filters.empty and len(joined) < need < len(candidates):
+                joined = self.join(candidates, filters)
             if len(joined) >= need or n >= total or len(candidates) < n:
                 break
             n = min(total, 4 * n)
@@ -121,7 +142,14 @@ class Pager:
             Hit(rank=i + 1, score=score, figure=fig, article=art, match=match)
             for i, (score, fig, art, match) in enumerate(joined[:need])
         ]
-        return Page(hits[offset:], indexed, version, mode, channels)
+        counted = [c.figure_id for c in first[: self.facet_candidates]] if facets else []
+        counts = self.facets(counted, filters, facets) if facets else None
+        return Page(hits[offset:], indexed, version, mode, channels, counts, len(set(counted)))
+
+    def facets(self, figure_ids: list[int], filters: Filters, facets: tuple[str, ...]) -> dict[str, list[FacetValue]]:
+        """Facet counts over the candidates ``figure_ids`` (:func:`indexer.facets.facet_counts`)."""
+        with timed(self.metrics.db, "facets"), self.session_factory() as session:
+            return facet_counts(session, figure_ids, filters, facets)
 
     def join(self, candidates: list[Candidate], filters: Filters) -> list[Joined]:
         """Candidates (in order, duplicates dropped) joined with their figure and article rows,
@@ -136,7 +164,7 @@ class Pager:
             .where(Figure.id.in_(ids))
             .options(load_only(*HIT_FIGURE_COLUMNS), load_only(*HIT_ARTICLE_COLUMNS))
         )
-        where, params = filters.sql(Article.__tablename__)
+        where, params = filters.sql(Article.__tablename__, Figure.__tablename__)
         if where:
             stmt = stmt.where(text(where).bindparams(**params))
         with timed(self.metrics.db, "join"), self.session_factory() as session:

@@ -19,10 +19,19 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.redaction import redact, worker_label
-from indexer.vocabulary import ImageQueryMode, JobKind, JobState, SearchMode
+from indexer.vocabulary import (
+    FigureGroup,
+    FigureType,
+    ImageQueryMode,
+    JobKind,
+    JobState,
+    PanelEvidence,
+    SearchMode,
+)
 
 if TYPE_CHECKING:
     from indexer.catalogue import Article, Figure, Job
+    from indexer.facets import FacetValue
 
 MAX_K = 100
 MAX_DEPTH = 1000  # offset + k
@@ -67,8 +76,18 @@ class ArticleRef(BaseModel):
     )
 
 
+class FigureTypeOut(BaseModel):
+    """What a figure shows, as the classifier of the encoder ``model_id`` labelled it."""
+
+    value: FigureType = Field(description="The figure type (the `type=` filter's values).")
+    label: str = Field(description="Its name for people, e.g. `Histology / H&E`.")
+    group: FigureGroup = Field(description="Its group: radiology, microscopy, other_images, graphics, fallback.")
+    confidence: float = Field(ge=0, le=1, description="The classifier's probability of this type.")
+    model_id: str | None = Field(None, description="The encoder whose zero-shot scores went into the label.")
+
+
 class FigureOut(BaseModel):
-    """One figure with its caption, media URLs and article."""
+    """One figure with its caption, media URLs, article and (once labelled) its type and multi-panel flag."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -85,6 +104,10 @@ class FigureOut(BaseModel):
                     "has_image": True,
                     "image_url": "/api/figures/12/image",
                     "thumbnail_url": "/api/figures/12/thumbnail",
+                    "figure_type": {"value": "ct", "label": "CT", "group": "radiology", "confidence": 0.91,
+                                    "model_id": "tiny-0123456789ab"},
+                    "multipanel": False,
+                    "multipanel_evidence": "none",
                     "article": {
                         "id": 3,
                         "pmcid": "PMC3166277",
@@ -109,6 +132,11 @@ class FigureOut(BaseModel):
     has_image: bool
     image_url: str | None = None
     thumbnail_url: str | None = None
+    figure_type: FigureTypeOut | None = Field(None, description="The figure's type; absent until it is labelled.")
+    multipanel: bool | None = Field(None, description="Whether the figure has several panels; absent until labelled.")
+    multipanel_evidence: PanelEvidence | None = Field(
+        None, description="What found the panels: `caption` (panel labels), `image` (gutters), `both` or `none`."
+    )
     article: ArticleRef
 
 
@@ -147,8 +175,17 @@ class FigureHit(FigureOut):
     match: Match | None = Field(None, description="hybrid and lexical text search: why the figure matched.")
 
 
+class FacetCount(BaseModel):
+    """One value of a facet and how many of the query's candidates have it."""
+
+    value: str | int | bool = Field(description="The filter value (a figure type, a year, a journal, a license).")
+    count: int = Field(ge=0)
+    label: str | None = Field(None, description="type facet: the type's name for people.")
+    group: FigureGroup | None = Field(None, description="type facet: the type's group.")
+
+
 class SearchResponse(BaseModel):
-    """A page of ranked figures."""
+    """A page of ranked figures (and, when asked for, facet counts)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -162,6 +199,9 @@ class SearchResponse(BaseModel):
                     "indexed": 1234,
                     "index_version": 3,
                     "results": [],
+                    "facets": {"type": [{"value": "ct", "count": 41, "label": "CT", "group": "radiology"}],
+                               "year": [{"value": 2019, "count": 12}]},
+                    "facet_candidates": 250,
                 }
             ]
         }
@@ -179,6 +219,12 @@ class SearchResponse(BaseModel):
     indexed: int = Field(description="Vectors in the index that was searched (0: nothing indexed yet).")
     index_version: int | None = None
     results: list[FigureHit]
+    facets: dict[str, list[FacetCount]] | None = Field(
+        None,
+        description="With `facets=`: per facet, its values with their counts over the query's best "
+        "`facet_candidates` candidates, each counted with every filter applied but the facet's own.",
+    )
+    facet_candidates: int | None = Field(None, description="How many candidates the facets were counted over.")
 
 
 class ArticleOut(ArticleRef):
@@ -321,6 +367,30 @@ def article_ref(art: Article) -> ArticleRef:
     )
 
 
+def figure_type_out(fig: Figure) -> FigureTypeOut | None:
+    """The figure's current type label, or None while it has none."""
+    if fig.figure_type is None:
+        return None
+    kind = FigureType(fig.figure_type)
+    return FigureTypeOut(
+        value=kind, label=kind.label, group=kind.group, confidence=float(fig.type_confidence or 0.0),
+        model_id=fig.type_model,
+    )
+
+
+def facet_counts_out(facets: dict[str, list[FacetValue]]) -> dict[str, list[FacetCount]]:
+    """The API's facet counts (type values carry their label and group)."""
+    out: dict[str, list[FacetCount]] = {}
+    for facet, values in facets.items():
+        rows = []
+        for v in values:
+            kind = FigureType(str(v.value)) if facet == "type" else None
+            rows.append(FacetCount(value=v.value, count=v.count, label=kind.label if kind else None,
+                                   group=kind.group if kind else None))
+        out[facet] = rows
+    return out
+
+
 def figure_fields(fig: Figure, art: Article) -> dict[str, Any]:
     """The :class:`FigureOut` fields of a ``Figure`` row and its ``Article`` row."""
     has_image = bool(fig.image_path)
@@ -336,6 +406,9 @@ def figure_fields(fig: Figure, art: Article) -> dict[str, Any]:
         "has_image": has_image,
         "image_url": f"/api/figures/{fig.id}/image" if has_image else None,
         "thumbnail_url": f"/api/figures/{fig.id}/thumbnail" if has_image else None,
+        "figure_type": figure_type_out(fig),
+        "multipanel": fig.multipanel,
+        "multipanel_evidence": fig.multipanel_evidence,
         "article": article_ref(art),
     }
 

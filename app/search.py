@@ -145,32 +145,39 @@ class SearchService:
         self.channels.runner.close()
 
     # --- queries -------------------------------------------------------------------------------------
-    def search_text(self, text: str, k: int, offset: int, filters: Filters, mode: SearchMode | None = None) -> Page:
-        """Text -> figures in ``mode`` (default ``Settings.search_mode``; see the module docstring)."""
+    def search_text(
+        self, text: str, k: int, offset: int, filters: Filters, mode: SearchMode | None = None,
+        facets: tuple[str, ...] = (),
+    ) -> Page:
+        """Text -> figures in ``mode`` (default ``Settings.search_mode``; see the module docstring),
+        with the ``facets`` counted over the query's candidates (:meth:`app.pager.Pager.page`)."""
         try:
             mode = SearchMode(mode or self.settings.search_mode)
         except ValueError:
             raise BadQuery(f"mode must be one of {', '.join(SearchMode)}") from None
         if mode is SearchMode.DENSE:
             query = self.encoders.encode_text(self.encoder, text)
-            return self._vector_page(VectorKind.IMAGE, query, k, offset, filters, mode)
+            return self._vector_page(VectorKind.IMAGE, query, k, offset, filters, mode, facets=facets)
         if mode is SearchMode.HYBRID and self.encoders.loaded is None:
             self.load()
         channels = self.channels.for_mode(mode, filters)
         indexed = self.ntotal(VectorKind.IMAGE) if mode is SearchMode.HYBRID else self.pager.catalogue_size()
         page = self.pager.page(
             self.channels.fused_source(text, channels), k, offset, filters, total=MAX_CANDIDATES, indexed=indexed,
-            version=self.version(VectorKind.IMAGE), channels=tuple(channels), mode=mode,
+            version=self.version(VectorKind.IMAGE), channels=tuple(channels), mode=mode, facets=facets,
         )
         return replace(page, hits=self.pager.with_matched_terms(text, page.hits))
 
-    def search_image(self, image: Image.Image, k: int, offset: int, mode: ImageQueryMode, filters: Filters) -> Page:
+    def search_image(
+        self, image: Image.Image, k: int, offset: int, mode: ImageQueryMode, filters: Filters,
+        facets: tuple[str, ...] = (),
+    ) -> Page:
         """Image -> text (``mode='text'``: nearest captions) or image -> image (``mode='image'``)."""
         if self.encoders.loaded is None:
             self.load()
         query = self.encoders.encode_image(image)
         kind = VectorKind.CAPTION if mode == ImageQueryMode.TEXT else VectorKind.IMAGE
-        return self._vector_page(kind, query, k, offset, filters, str(mode))
+        return self._vector_page(kind, query, k, offset, filters, str(mode), facets=facets)
 
     def similar(self, figure_id: int, k: int, offset: int, filters: Filters) -> Page:
         """Figures whose images are nearest figure ``figure_id``'s (itself excluded)."""
@@ -194,7 +201,7 @@ class SearchService:
 
     def _vector_page(
         self, kind: VectorKind, query: np.ndarray, k: int, offset: int, filters: Filters, mode: str,
-        exclude: int | None = None,
+        exclude: int | None = None, facets: tuple[str, ...] = (),
     ) -> Page:
         """A page of the live ``kind`` index's nearest figures to the [1, dim] ``query``."""
         live = self.indexes.clip
@@ -203,5 +210,5 @@ class SearchService:
         size = self.ntotal(kind)
         return self.pager.page(
             source, k, offset, filters, total=size, indexed=size, version=self.version(kind),
-            channels=(str(kind),), mode=mode,
+            channels=(str(kind),), mode=mode, facets=facets,
         )

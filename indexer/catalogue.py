@@ -10,6 +10,10 @@ Tables:
 - ``figures``: one row per figure image (a ``<fig>`` with two graphics gives two rows sharing the
   caption) or per caption-only figure (no image file found).
 - ``embeddings``: one float32 vector per (figure, model, kind) where kind is ``image`` or ``caption``.
+- ``figure_labels``: each figure's type (:class:`indexer.vocabulary.FigureType`) and its confidence per
+  (figure, model): a new encoder labels anew. ``figures.figure_type`` / ``type_confidence`` /
+  ``type_model`` hold the label of the model that labelled last, and ``figures.multipanel`` the
+  (model-independent) multi-panel flag: what search filters and facets read (:mod:`indexer.labels`).
 - ``index_versions``: every published FAISS index version and what it holds.
 - ``jobs``: durable re-index jobs (the service's queue).
 - ``pmc_objects``: every PMC Cloud metadata object a fetch has seen (key, ETag, outcome), so an
@@ -27,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -118,8 +123,29 @@ class Figure(Base):
     skip_reason: Mapped[str | None] = mapped_column(Text)  # why no image is stored, if none
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The current label (a copy of the figure_labels row of type_model; None until labelled).
+    figure_type: Mapped[str | None] = mapped_column(String(32), index=True)  # a FigureType
+    type_confidence: Mapped[float | None] = mapped_column(Float)  # 0..1
+    type_model: Mapped[str | None] = mapped_column(String(200))  # the model id that labelled it
+    multipanel: Mapped[bool | None] = mapped_column(Boolean, index=True)  # None until labelled
+    multipanel_evidence: Mapped[str | None] = mapped_column(String(16))  # a PanelEvidence
 
     article: Mapped[Article] = relationship(back_populates="figures")
+
+
+class FigureLabel(Base):
+    """A figure's type as one model's classifier saw it (kept per model, so switching back to an
+    encoder needs no re-labelling, and a new classifier version labels anew)."""
+
+    __tablename__ = "figure_labels"
+
+    figure_id: Mapped[int] = mapped_column(ForeignKey("figures.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    classifier: Mapped[str] = mapped_column(String(32))  # indexer.figure_types.CLASSIFIER_VERSION
+    figure_type: Mapped[str] = mapped_column(String(32))  # a FigureType
+    confidence: Mapped[float] = mapped_column(Float)  # 0..1
+    image_used: Mapped[bool] = mapped_column(Boolean)  # False: caption only (no image vector yet)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Embedding(Base):

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -33,6 +34,9 @@ from indexer.catalogue import Embedding, Figure
 from training.encoder_protocol import Encoder
 
 log = logging.getLogger(__name__)
+
+_B = TypeVar("_B")
+_S = TypeVar("_S")
 
 KINDS: tuple[str, str] = ("image", "caption")
 
@@ -161,14 +165,18 @@ def _pending_batches(
         cursor = ids[-1]
 
 
-def _load_image(data_home: Path, rel_path: str) -> Image.Image | str:
-    """The RGB image at ``data_home / rel_path``, or a reason string when it cannot be read."""
+def load_image(data_home: Path, rel_path: str, *, mode: str | None = "RGB") -> Image.Image | str:
+    """The image at ``data_home / rel_path`` converted to ``mode``, or a reason string when it cannot be
+    read. ``mode=None``: the image opened but not decoded (the caller decodes it, e.g. at reduced size
+    with ``draft``, and closes it)."""
     path = (data_home / rel_path).resolve()
     if not path.is_relative_to(data_home):
         return f"image path {rel_path!r} leaves the data home"
     try:
+        if mode is None:
+            return Image.open(path)
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return im.convert(mode)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         return f"{type(exc).__name__}: {exc}"
 
@@ -301,6 +309,17 @@ def _row(figure_id: int, model_id: str, kind: str, vector: np.ndarray) -> dict[s
     }
 
 
+def one_ahead(batches: Iterator[_B], submit: Callable[[_B], _S]) -> Iterator[_S]:
+    """``submit(batch)`` for each batch, called one batch ahead of the consumer: while the caller
+    works on one batch's result, the thread pool that ``submit`` hands work to runs the next one's."""
+    pending: list[_S] = []
+    for batch in batches:
+        pending.append(submit(batch))
+        if len(pending) == 2:
+            yield pending.pop(0)
+    yield from pending
+
+
 def _prefetch(
     batches: Iterator[list[_Row]], pool: ThreadPoolExecutor, data_home: Path
 ) -> Iterator[tuple[list[_Row], dict[int, Future[Image.Image | str]]]]:
@@ -308,19 +327,13 @@ def _prefetch(
 
     def submit(rows: list[_Row]) -> tuple[list[_Row], dict[int, Future[Image.Image | str]]]:
         loads = {
-            r.figure_id: pool.submit(_load_image, data_home, r.image_path)
+            r.figure_id: pool.submit(load_image, data_home, r.image_path)
             for r in rows
             if r.need_image and r.image_path is not None
         }
         return rows, loads
 
-    ahead = None
-    for rows in batches:
-        current, ahead = ahead, submit(rows)
-        if current is not None:
-            yield current
-    if ahead is not None:
-        yield ahead
+    return one_ahead(batches, submit)
 
 
 # --- reading vectors back ----------------------------------------------------------------------

@@ -93,7 +93,7 @@ def _filter_sql(filters: Filters | None, fid: str, params: dict[str, Any]) -> st
     (their SQL from :meth:`indexer.filters.Filters.sql`; its parameters are added to ``params``)."""
     if filters is None:
         return ""
-    where, values = filters.sql("a")
+    where, values = filters.sql("a", "f")
     if not where:
         return ""
     params.update(values)

@@ -5,17 +5,20 @@ for every caller: the job worker, ``biomedsearch index``, the demo and the bench
 
 1. ``ingest``: the sources (packages, folders, ``.nxml``, JSONL manifests) into the catalogue;
 2. ``embed``: the image vectors of every figure that lacks one;
-3. ``publish``: the CLIP image and caption indexes: from here the new figures are found by text ->
+3. ``label``: each figure's type for this encoder (zero-shot on its image vector + caption evidence)
+   and its multi-panel flag (:mod:`indexer.labels`): so a figure is typed before search finds it, and
+   a new encoder re-labels every figure;
+4. ``publish``: the CLIP image and caption indexes: from here the new figures are found by text ->
    figure (image index and full text) and image -> figure search;
-4. ``captions``: the CLIP caption vectors;
-5. ``publish_captions``: the CLIP indexes again, now with the caption vectors (image -> caption);
-6. ``caption_channel``: the sentence encoder of hybrid search's caption channel, when there is one:
+5. ``captions``: the CLIP caption vectors;
+6. ``publish_captions``: the CLIP indexes again, now with the caption vectors (image -> caption);
+7. ``caption_channel``: the sentence encoder of hybrid search's caption channel, when there is one:
    its caption vectors and caption index.
 
 With ``publish_images_first`` off (a batch build: the demo, ``biomedsearch index``) ``embed`` stores
-both kinds and ``publish`` runs once; stages 4 and 5 are then not needed. Every stage is idempotent
-(the same article again is a no-op, only missing vectors are encoded, publishing folds in only new
-vectors), so a pipeline that was killed simply runs again. The stages themselves live in
+both kinds and ``publish`` runs once; stages 5 and 6 are then not needed. Every stage is idempotent
+(the same article again is a no-op, only missing vectors are encoded and missing labels made,
+publishing folds in only new vectors), so a pipeline that was killed simply runs again. The stages themselves live in
 :mod:`indexer.pipeline_stages`; this module holds what a caller passes in and gets back.
 """
 
@@ -31,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from indexer.embeddings import EmbedReport
 from indexer.index_update import IndexOptions, IndexReport
 from indexer.ingest import IngestLimits, IngestReport
+from indexer.labels import LabelReport
 from indexer.vocabulary import Stage
 from training.encoder_protocol import Encoder, TextEncoder
 
@@ -38,6 +42,7 @@ from training.encoder_protocol import Encoder, TextEncoder
 ORDER: tuple[Stage, ...] = (
     Stage.INGEST,
     Stage.EMBED,
+    Stage.LABEL,
     Stage.PUBLISH,
     Stage.CAPTIONS,
     Stage.PUBLISH_CAPTIONS,
@@ -105,6 +110,7 @@ class ReindexReport:
     ingest: IngestReport | None = None
     images: EmbedReport | None = None  # ``embed`` (both kinds when the images are not published first)
     captions: EmbedReport | None = None  # ``captions``
+    labels: LabelReport | None = None  # ``label``
     publications: list[IndexReport] = field(default_factory=list)  # each ``publish`` / ``publish_captions``
     caption_channel: tuple[EmbedReport, IndexReport] | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage run (also a failed one)
@@ -112,7 +118,7 @@ class ReindexReport:
     def summaries(self) -> list[str]:
         """One line per stage report, in the order the stages ran."""
         lines = [self.ingest.summary()] if self.ingest is not None else []
-        lines += [r.summary() for r in (self.images, self.captions) if r is not None]
+        lines += [r.summary() for r in (self.images, self.labels, self.captions) if r is not None]
         lines += [r.summary() for r in self.publications]
         if self.caption_channel is not None:
             lines += [r.summary() for r in self.caption_channel]

@@ -1,7 +1,8 @@
 """The stages of :func:`indexer.pipeline.reindex`, one small function each, over one run's state.
 
 Each stage calls the indexer function that does the work (:func:`indexer.ingest.ingest_paths`,
-:func:`indexer.embeddings.embed_pending`, :func:`indexer.index_update.update_indexes`,
+:func:`indexer.embeddings.embed_pending`, :func:`indexer.labels.label_pending`,
+:func:`indexer.index_update.update_indexes`,
 :func:`indexer.caption_embeddings.index_captions`) and records its report in the run's
 :class:`indexer.pipeline.ReindexReport`. :meth:`Run.wanted` says which stages a run needs.
 """
@@ -15,6 +16,7 @@ from indexer.caption_embeddings import TextEncoder, index_captions
 from indexer.embeddings import KINDS, EmbedReport, Encoder, count_pending, embed_pending
 from indexer.index_update import update_indexes
 from indexer.ingest import ingest_paths
+from indexer.labels import count_unlabelled, label_pending
 from indexer.pipeline import Catalogue, Encoders, ReindexError, ReindexOptions, ReindexReport, StageHook
 from indexer.vocabulary import Stage, VectorKind
 
@@ -120,6 +122,21 @@ def captions(run: Run) -> None:
     run.report.captions = _embed(run, Stage.CAPTIONS, (VectorKind.CAPTION.value,))
 
 
+def label(run: Run) -> None:
+    """Stage ``label``: each figure's type for the CLIP encoder and its multi-panel flag."""
+    opts, cat, encoder = run.options, run.catalogue, run.clip
+    total = max(1, count_unlabelled(cat.session_factory, encoder.model_id))
+    run.report.labels = label_pending(
+        cat.session_factory,
+        encoder,
+        cat.data_home,
+        batch_size=4 * opts.batch_size,
+        workers=opts.workers,
+        progress=opts.progress,
+        on_batch=lambda done: run.notify(Stage.LABEL, min(1.0, done / total)),
+    )
+
+
 def publish(run: Run) -> None:
     """Stages ``publish`` and ``publish_captions``: the CLIP indexes up to date with the stored vectors."""
     opts, cat = run.options, run.catalogue
@@ -148,6 +165,7 @@ def caption_channel(run: Run) -> None:
 STAGES: dict[Stage, Callable[[Run], None]] = {
     Stage.INGEST: ingest,
     Stage.EMBED: embed,
+    Stage.LABEL: label,
     Stage.PUBLISH: publish,
     Stage.CAPTIONS: captions,
     Stage.PUBLISH_CAPTIONS: publish,

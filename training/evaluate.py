@@ -36,6 +36,10 @@ def modality_group(label: str) -> str:
     return label.split(" - ", 1)[0].strip()
 
 
+class _TextEncodes(Protocol):
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray: ...
+
+
 class _Encodes(Protocol):
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray: ...
 
@@ -114,6 +118,17 @@ def evaluate_retrieval(encoder: _Encodes, pairs: Sequence[Pair], *, batch_size: 
     return result
 
 
+def class_embeddings(encoder: _TextEncodes, prompts: Sequence[Sequence[str]]) -> np.ndarray:
+    """A zero-shot classifier's weights: per class, the mean of its prompts' text embeddings, made unit
+    length (BiomedCLIP's recipe). ``prompts[i]`` are class ``i``'s filled-in templates; returns float32
+    ``[classes, dim]``, so ``image_features @ weights.T`` scores each image against each class."""
+    weights = []
+    for texts in prompts:
+        mean = np.asarray(encoder.encode_texts(list(texts)), dtype=np.float32).mean(axis=0)
+        weights.append(mean / np.linalg.norm(mean))
+    return np.stack(weights).astype(np.float32)
+
+
 def zero_shot_accuracy(encoder: _Encodes, images: Sequence[Image.Image], labels: Sequence[str],
                        class_names: Sequence[str], templates: Sequence[str] = BIOMEDCLIP_TEMPLATES) -> dict[str, Any]:
     """Zero-shot classification: each class is the mean of its prompt embeddings (BiomedCLIP's prompts).
@@ -122,12 +137,7 @@ def zero_shot_accuracy(encoder: _Encodes, images: Sequence[Image.Image], labels:
     Returns accuracy, chance (1 / classes), the class list, per-class accuracy and per-class counts.
     """
     classes = list(class_names)
-    weights = []
-    for name in classes:
-        emb = encoder.encode_texts([t.format(PROMPT_NAMES.get(name, name)) for t in templates])
-        mean = emb.mean(axis=0)
-        weights.append(mean / np.linalg.norm(mean))
-    w = np.stack(weights)
+    w = class_embeddings(encoder, [[t.format(PROMPT_NAMES.get(name, name)) for t in templates] for name in classes])
     feats = encoder.encode_images(images)
     pred = (feats @ w.T).argmax(axis=1)
     truth = np.array([classes.index(label) for label in labels])

@@ -16,6 +16,7 @@ with missing_faiss_exits():
         search_cmds,
         service_cmds,
         training_cmds,
+        types_cmds,
     )
     from app.cli.base import cli
     from app.cli.db_cmds import db

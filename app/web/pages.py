@@ -3,7 +3,9 @@
 Pages (HTML, one Jinja2 template each; the data is fetched by the page's script from ``/api``):
 
 - ``GET /``: search figures by text or by an image (drop, paste or pick); filters, paging, the
-  image -> text switch; the empty state when nothing is indexed yet.
+  image -> text switch, a facet sidebar (figure type by group, single-panel, year, journal,
+  license, with counts; rendered from the vocabulary, counted by the API); the empty state when
+  nothing is indexed yet.
 - ``GET /figures/{id}``: one figure (zoomable image, caption, article, similar figures).
 - ``GET /articles/{id}``: one article and its figures (where the add page links after a job).
 - ``GET /add``: upload a package or paste PMCIDs (with the API key), live job progress.
@@ -29,6 +31,7 @@ from sqlalchemy import func, select
 from app.config import Settings
 from app.middleware import ApiError
 from indexer.catalogue import Article, Figure
+from indexer.vocabulary import FigureGroup
 
 WEB_DIR = Path(__file__).resolve().parent
 STATIC_DIR = WEB_DIR / "static"
@@ -117,7 +120,8 @@ def _catalogue_facts(services: Any) -> dict[str, Any]:
 def search_page(request: Request) -> HTMLResponse:
     """The search page (text or image queries; results are fetched by ``static/search.js``)."""
     facts = _catalogue_facts(_services(request))
-    return _page(request, "search.html", {"examples": EXAMPLE_QUERIES, **facts})
+    groups = [(group, group.types) for group in FigureGroup]
+    return _page(request, "search.html", {"examples": EXAMPLE_QUERIES, "figure_groups": groups, **facts})
 
 
 def _entity_page(request: Request, model: type[Figure] | type[Article], entity_id: int, template: str) -> HTMLResponse:

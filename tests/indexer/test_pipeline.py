@@ -18,7 +18,7 @@ from indexer.publish import LiveIndexes
 from indexer.vocabulary import Stage
 
 PACKAGES = ("elife-00353", "pone.0056489")
-AFTER_INGEST = frozenset((Stage.EMBED, Stage.PUBLISH, Stage.CAPTIONS, Stage.PUBLISH_CAPTIONS, Stage.CAPTION_CHANNEL))
+AFTER_INGEST = frozenset(Stage) - {Stage.FETCH, Stage.INGEST}
 
 
 class HashEncoder:
@@ -88,8 +88,12 @@ def test_new_figures_are_published_with_their_images_before_captions_are_encoded
     captions = _count(catalogue, Figure.caption != "")
     assert images > 0 and captions > 0
     assert started == [
-        Stage.INGEST, Stage.EMBED, Stage.PUBLISH, Stage.CAPTIONS, Stage.PUBLISH_CAPTIONS, Stage.CAPTION_CHANNEL
+        Stage.INGEST, Stage.EMBED, Stage.LABEL, Stage.PUBLISH, Stage.CAPTIONS, Stage.PUBLISH_CAPTIONS,
+        Stage.CAPTION_CHANNEL,
     ]
+    # every figure was typed (and flagged) before the first publication made it searchable
+    assert _count(catalogue, Figure.figure_type.is_not(None), Figure.type_model == clip.model_id) == _count(catalogue)
+    assert _count(catalogue, Figure.multipanel.is_(None)) == 0
     # the image vectors are searchable before a caption is encoded; then the captions; then the channel
     assert published == [(images, 0), (images, captions), (images, captions)]
     assert _sizes(catalogue, text.model_id) == (0, captions)
@@ -97,13 +101,14 @@ def test_new_figures_are_published_with_their_images_before_captions_are_encoded
     assert report.images is not None and (report.images.images, report.images.captions) == (images, 0)
     assert report.captions is not None and report.captions.captions == captions
     assert set(report.seconds) == {s.value for s in started}
-    assert len(report.summaries()) == 7  # ingest, 2 x embed, 2 x publish, the channel's embed + index
+    assert len(report.summaries()) == 8  # ingest, 2 x embed, label, 2 x publish, the channel's embed + index
 
     # the same sources again: nothing new, so nothing is encoded and the captions are not republished
     started.clear()
     again = reindex(_sources(shared_data), catalogue, Encoders(lambda: clip, lambda: text), options, on_stage)
     assert again.ingest is not None and again.ingest.count("unchanged") == len(PACKAGES)
     assert again.images is not None and again.images.images == 0
+    assert again.labels is not None and again.labels.labelled == 0
     assert Stage.PUBLISH_CAPTIONS not in started and Stage.CAPTION_CHANNEL in started
 
 
@@ -117,7 +122,7 @@ def test_a_batch_build_stores_both_kinds_then_publishes_once(catalogue: Catalogu
         ReindexOptions(publish_images_first=False, progress=False),
         lambda stage, done, _r: started.append(stage) if done == 0.0 else None,
     )
-    assert started == [Stage.INGEST, Stage.EMBED, Stage.PUBLISH]
+    assert started == [Stage.INGEST, Stage.EMBED, Stage.LABEL, Stage.PUBLISH]
     assert len(report.publications) == 1 and report.captions is None and report.caption_channel is None
     assert report.images is not None and report.images.captions == _count(catalogue, Figure.caption != "")
     assert _sizes(catalogue, clip.model_id) == (

@@ -216,7 +216,8 @@ def test_image_upload_search_finds_the_same_figure_and_switches_to_captions(
     assert "Figure 2" in first.inner_text() and "PLoS ONE" in first.inner_text()
     score = float(re.search(r"score (-?\d\.\d{3})", first.inner_text()).group(1))  # type: ignore[union-attr]
     assert score > 0.95
-    wait_images(page, "#results .card img")
+    page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")  # type: ignore[attr-defined]
+    wait_images(page, "#results .card img")  # thumbnails load lazily: scrolled into view, every one loads
     shot(page, "search-image")
 
     # image -> text: ranked captions, shown caption-first
@@ -244,6 +245,58 @@ def test_image_upload_search_finds_the_same_figure_and_switches_to_captions(
         )
         page.wait_for_selector("#results .card")  # type: ignore[attr-defined]
         assert page.inner_text("#query-image-name") in ("query.jpg", "pasted image")  # type: ignore[attr-defined]
+    assert console_errors == []
+
+
+def test_facet_sidebar_filters_by_type_keeps_the_facets_in_the_url_and_the_figure_page_shows_the_type(
+    page: object, site: Site, console_errors: list[str]
+) -> None:
+    page.goto("/?q=figure&k=48")  # type: ignore[attr-defined]
+    page.wait_for_selector("#results .card")  # type: ignore[attr-defined]
+    wait_js(page, "() => !document.getElementById('facets').hidden")
+    shown = page.eval_on_selector_all(  # type: ignore[attr-defined]
+        "#facets li[data-type]:not([hidden])",
+        "lis => lis.map(li => [li.dataset.type, parseInt(li.querySelector('.count').textContent.slice(1), 10)])",
+    )
+    assert shown and sum(n for _, n in shown) == len(card_ids(page)) == 15  # the counts cover the 15 candidates
+    kind, count = max(shown, key=lambda pair: pair[1])
+    page.check(f"#facets input[value={kind}]")  # type: ignore[attr-defined]
+    page.wait_for_url(re.compile(rf"type={kind}"))  # type: ignore[attr-defined]
+    wait_js(page, "n => document.querySelectorAll('#results .card').length === n", count)
+    page.wait_for_selector("#results[aria-busy]", state="detached")  # type: ignore[attr-defined]
+    filtered = card_ids(page)
+    badges = page.eval_on_selector_all("#results .card-type", "ps => ps.map(p => p.dataset.type)")  # type: ignore[attr-defined]
+    assert badges == [kind] * count
+    # the sidebar still offers the other types (a facet ignores its own filter) and the ticked box stays ticked
+    assert page.is_checked(f"#facets input[value={kind}]")  # type: ignore[attr-defined]
+    assert len(page.eval_on_selector_all("#facets li[data-type]:not([hidden])", "l => l")) == len(shown)  # type: ignore[attr-defined]
+    wait_images(page, "#results .card img")
+    shot(page, "search-facets")
+
+    # the URL is the search: opened afresh it shows the same filtered results with the box ticked
+    shared = page.url  # type: ignore[attr-defined]
+    fresh = page.context.new_page()  # type: ignore[attr-defined]
+    fresh.goto(shared)
+    fresh.wait_for_selector("#results .card")
+    fresh.wait_for_selector("#results[aria-busy]", state="detached")
+    assert card_ids(fresh) == filtered and fresh.is_checked(f"#facets input[value={kind}]")
+    # single-panel only: multipanel=false joins the URL, and every result is single-panel
+    fresh.check("#single-panel")
+    fresh.wait_for_url(re.compile(r"multipanel=false"))
+    fresh.wait_for_selector("#results[aria-busy]", state="detached")
+    types = fresh.eval_on_selector_all("#results .card-type", "ps => ps.map(p => p.textContent)")
+    assert "multi-panel" not in " ".join(types)
+    fresh.close()
+
+    # the figure page shows the type the API gives, with its confidence and the panel flag
+    page.locator("#results .card-link").first.click()  # type: ignore[attr-defined]
+    page.wait_for_selector("#figure:not([aria-busy])")  # type: ignore[attr-defined]
+    figure_id = page.get_attribute("#figure", "data-figure-id")  # type: ignore[attr-defined]
+    api = httpx.get(f"{site.url}/api/figures/{figure_id}", timeout=60).json()
+    assert api["figure_type"]["value"] == kind and page.get_attribute("#figure-type", "data-type") == kind  # type: ignore[attr-defined]
+    assert page.inner_text("#figure-type").startswith(api["figure_type"]["label"])  # type: ignore[attr-defined]
+    assert "% confident" in page.inner_text("#figure-type")  # type: ignore[attr-defined]
+    assert page.inner_text("#figure-panels").startswith("multi-panel" if api["multipanel"] else "single panel")  # type: ignore[attr-defined]
     assert console_errors == []
 
 

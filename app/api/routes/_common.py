@@ -9,7 +9,10 @@ from fastapi import Response
 from app.middleware import ApiError
 from app.pager import Page
 from app.ranking import describe
-from app.schemas import MAX_DEPTH, ErrorResponse, FigureHit, Match, SearchResponse, figure_fields
+from app.schemas import MAX_DEPTH, ErrorResponse, FigureHit, Match, SearchResponse, facet_counts_out, figure_fields
+from indexer.facets import check_facets
+from indexer.filters import Filters
+from indexer.vocabulary import figure_types
 
 _ERROR = {"model": ErrorResponse}
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -34,6 +37,33 @@ def check_years(year_from: int | None, year_to: int | None) -> None:
     """422 when the year range is empty."""
     if year_from is not None and year_to is not None and year_from > year_to:
         raise ApiError(422, f"year_from ({year_from}) is after year_to ({year_to})")
+
+
+def search_filters(
+    year_from: int | None,
+    year_to: int | None,
+    journal: str | None,
+    license: str | None,
+    types: list[str] | None,
+    multipanel: bool | None,
+) -> Filters:
+    """The :class:`Filters` of a search request; 422 for an empty year range or an unknown figure type
+    or group."""
+    check_years(year_from, year_to)
+    try:
+        kinds = figure_types(types or ())
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
+    return Filters(year_from=year_from, year_to=year_to, journal=journal, license=license, types=kinds,
+                   multipanel=multipanel)
+
+
+def facet_names(facets: list[str] | None) -> tuple[str, ...]:
+    """The facets a request asks for (``facets=type,year`` or repeated); 422 for an unknown one."""
+    try:
+        return check_facets(facets or ())
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
 
 
 def search_response(page: Page, *, k: int, offset: int, query: str | None = None) -> Response:
@@ -62,5 +92,7 @@ def search_response(page: Page, *, k: int, offset: int, query: str | None = None
             )
             for h in page.hits
         ],
+        facets=facet_counts_out(page.facets) if page.facets is not None else None,
+        facet_candidates=page.facet_candidates if page.facets is not None else None,
     )
     return Response(body.model_dump_json(), media_type="application/json")

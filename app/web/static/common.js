@@ -262,8 +262,13 @@
       el("span", { class: "thumb" }, [thumbnail(fig)]),
       el("span", { class: "card-label", text: fig.label || "Figure" }),
     ]);
+    const kind = fig.figure_type
+      ? el("p", { class: "card-type", dataset: { type: fig.figure_type.value } },
+          [fig.figure_type.label + (fig.multipanel ? " · multi-panel" : "")])
+      : null;
     return el("li", { class: "card" + (opts.captionFirst ? " caption-card" : ""), dataset: { figureId: fig.id } }, [
       link,
+      kind,
       snippetNode,
       meta,
       facts.length ? el("p", { class: "score", text: facts.join(" · ") }) : null,
@@ -291,6 +296,22 @@
     }
   }
 
+  /* The figure's type and panels as rows of a <dl>: "Type: CT (91 % confident)", "Panels: ...". */
+  function figureTypeMeta(dl, fig) {
+    dl.replaceChildren();
+    const kind = fig.figure_type;
+    dl.appendChild(el("dt", { text: "Type" }));
+    dl.appendChild(el("dd", { id: "figure-type", dataset: { type: kind ? kind.value : "" } },
+      [kind ? kind.label + " (" + Math.round(kind.confidence * 100) + " % confident)" : "not labelled yet"]));
+    if (fig.multipanel !== null && fig.multipanel !== undefined) {
+      const where = { caption: "its caption names panels", image: "gutters split its image",
+                      both: "its caption names panels and gutters split its image" }[fig.multipanel_evidence];
+      dl.appendChild(el("dt", { text: "Panels" }));
+      dl.appendChild(el("dd", { id: "figure-panels" },
+        [fig.multipanel ? "multi-panel" + (where ? " (" + where + ")" : "") : "single panel"]));
+    }
+  }
+
   function showError(node, message) {
     if (!node) return;
     node.textContent = message;
@@ -310,6 +331,7 @@
     matchInfo: matchInfo,
     figureCard: figureCard,
     articleMeta: articleMeta,
+    figureTypeMeta: figureTypeMeta,
     showError: showError,
     errorMessage: errorMessage,
   };

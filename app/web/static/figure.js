@@ -1,4 +1,4 @@
-/* The figure page: GET /api/figures/{id} (image, caption, article), a zoomable image, similar
+/* The figure page: GET /api/figures/{id} (image, caption, type and panels, article), a zoomable image, similar
    figures (GET /api/figures/{id}/similar) and "search with this image" (/?figure={id}). */
 "use strict";
 
@@ -86,6 +86,7 @@
     $("caption-title").textContent = separateTitle ? fig.caption_title : "";
     $("caption-title").hidden = !separateTitle;
     $("caption").textContent = fig.caption || "(no caption)";
+    BS.figureTypeMeta($("figure-meta"), fig);
     BS.articleMeta($("article-meta"), article);
     if (article.id) {
       $("article-link").href = "/articles/" + article.id;

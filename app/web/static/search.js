@@ -1,10 +1,15 @@
 /* The search page: text queries (GET /api/search, with filters and paging, kept in the URL so
    results can be bookmarked and Back works) and image queries (POST /api/search/image; the image
-   comes from a drop, a paste, the file picker, or ?figure=ID for "search with this image"). */
+   comes from a drop, a paste, the file picker, or ?figure=ID for "search with this image").
+   The facet sidebar shows the API's counts (facets=...) for figure type, panels, year, journal and
+   license; ticking a type or clicking a value filters, and the choice goes into the URL
+   (type=ct&type=mri&multipanel=false&license=...) so a refined search can be shared. */
 "use strict";
 
 (function () {
   const MAX_DEPTH = 1000; // the API refuses offset + k > 1000
+  const TEXT_FACETS = "type,multipanel,year,journal,license";
+  const IMAGE_FACETS = "type,multipanel"; // the sidebar's year, journal and license are for text searches
   const $ = function (id) { return document.getElementById(id); };
 
   const form = $("search-form");
@@ -19,6 +24,7 @@
   const pager = $("pager");
   const emptyState = $("empty-state");
   const intro = $("intro");
+  const facetBox = $("facets");
 
   const state = {
     q: "",
@@ -26,6 +32,9 @@
     imageName: "",
     figure: null,      // figure id the image came from (search with this image)
     offset: 0,
+    types: new Set(),  // figure types ticked in the sidebar
+    singlePanel: false, // multipanel=false
+    license: "",
   };
   let previewUrl = null;
   let inflight = null;
@@ -41,7 +50,19 @@
     if (/^\d{4}$/.test(yf)) out.year_from = yf;
     if (/^\d{4}$/.test(yt)) out.year_to = yt;
     if (journal) out.journal = journal;
+    if (state.license) out.license = state.license;
     return out;
+  }
+
+  /* The sidebar's figure filters as [name, value] pairs (type repeats). */
+  function figureFilters() {
+    const out = Array.from(state.types).sort().map(function (t) { return ["type", t]; });
+    if (state.singlePanel) out.push(["multipanel", "false"]);
+    return out;
+  }
+
+  function anyFilter() {
+    return Object.keys(filters()).length > 0 || figureFilters().length > 0;
   }
 
   function setStatus(text) { statusNode.textContent = text; }
@@ -52,9 +73,11 @@
     if (state.image && state.figure) {
       params.set("figure", state.figure);
       params.set("mode", mode());
+      figureFilters().forEach(function ([name, value]) { params.append(name, value); });
     } else if (state.q) {
       params.set("q", state.q);
       Object.entries(filters()).forEach(function ([name, value]) { params.set(name, value); });
+      figureFilters().forEach(function ([name, value]) { params.append(name, value); });
     }
     if (state.offset) params.set("offset", String(state.offset));
     if (k() !== 24) params.set("k", String(k()));
@@ -88,6 +111,72 @@
   function clearResults() {
     results.replaceChildren();
     pager.hidden = true;
+    facetBox.hidden = true;
+  }
+
+  function countText(n) { return n === undefined ? "" : "(" + n + ")"; }
+
+  /* A clickable facet value (year, journal, license): pressed when it is the current filter. */
+  function valueButton(facet, value, count, pressed) {
+    const button = BS.el("button", { type: "button", class: "facet-value", "aria-pressed": pressed ? "true" : "false",
+                                     dataset: { facet: facet, value: String(value) } },
+                         [String(value) + " ", BS.el("span", { class: "count", text: countText(count) })]);
+    return BS.el("li", {}, [button]);
+  }
+
+  function currentValue(facet) {
+    if (facet === "year") {
+      const yf = $("year_from").value.trim();
+      return yf && yf === $("year_to").value.trim() ? yf : "";
+    }
+    if (facet === "journal") return $("journal").value.trim();
+    return state.license;
+  }
+
+  /* Fill the sidebar from a search answer's facets (absent: hide it). */
+  function renderFacets(body) {
+    const facets = body.facets;
+    if (!facets || !(body.results || []).length && !anyFilter()) { facetBox.hidden = true; return; }
+    facetBox.hidden = false;
+    $("facet-candidates").textContent = String(body.facet_candidates || 0);
+    const types = {};
+    (facets.type || []).forEach(function (f) { types[f.value] = f.count; });
+    facetBox.querySelectorAll(".facet-group").forEach(function (group) {
+      let total = 0;
+      let shown = 0;
+      group.querySelectorAll("li[data-type]").forEach(function (li) {
+        const kind = li.dataset.type;
+        const count = types[kind] || 0;
+        const box = li.querySelector("input");
+        box.checked = state.types.has(kind);
+        li.querySelector(".count").textContent = countText(count);
+        li.hidden = !count && !box.checked;
+        total += count;
+        if (!li.hidden) shown += 1;
+      });
+      group.querySelector("[data-group-count]").textContent = countText(total);
+      group.hidden = shown === 0;
+    });
+    const panels = {};
+    (facets.multipanel || []).forEach(function (f) { panels[String(f.value)] = f.count; });
+    $("single-panel").checked = state.singlePanel;
+    $("single-count").textContent = countText(panels["false"] || 0);
+    ["year", "journal", "license"].forEach(function (facet) {
+      const section = $("facet-" + facet);
+      const values = facets[facet];
+      section.hidden = !values;
+      if (!values) return;
+      const current = currentValue(facet);
+      const items = values.slice();
+      if (facet === "year") items.sort(function (a, b) { return b.value - a.value; });
+      if (current && !items.some(function (f) { return String(f.value).toLowerCase() === current.toLowerCase(); })) {
+        items.unshift({ value: current, count: 0 });
+      }
+      section.querySelector("ul").replaceChildren.apply(section.querySelector("ul"), items.map(function (f) {
+        return valueButton(facet, f.value, f.count, String(f.value).toLowerCase() === current.toLowerCase());
+      }));
+      section.hidden = items.length === 0;
+    });
   }
 
   function renderPage(body, captionFirst) {
@@ -108,9 +197,10 @@
     results.classList.toggle("caption-results", !!captionFirst);
     const what = state.image ? (captionFirst ? "captions matching the image" : "figures similar to the image")
                              : "figures for “" + state.q + "”";
+    renderFacets(body);
     if (!hits.length) {
       setStatus(state.offset ? "No more results." : "No " + what + ". " +
-        (Object.keys(filters()).length && !state.image ? "Try clearing the filters." : "Try other words."));
+        (anyFilter() ? "Try clearing the filters." : "Try other words."));
     } else {
       const first = state.offset + 1;
       const last = state.offset + hits.length;
@@ -139,11 +229,14 @@
         data.append("k", String(k()));
         data.append("offset", String(state.offset));
         data.append("mode", mode());
+        data.append("facets", IMAGE_FACETS);
+        figureFilters().forEach(function ([name, value]) { data.append(name, value); });
         body = await BS.api("/api/search/image", { method: "POST", body: data, signal: controller.signal });
         renderPage(body, mode() === "text");
       } else if (state.q) {
-        const params = new URLSearchParams(Object.assign({ q: state.q, k: String(k()), offset: String(state.offset) },
-                                                         filters()));
+        const params = new URLSearchParams(Object.assign({ q: state.q, k: String(k()), offset: String(state.offset),
+                                                           facets: TEXT_FACETS }, filters()));
+        figureFilters().forEach(function ([name, value]) { params.append(name, value); });
         body = await BS.api("/api/search?" + params.toString(), { signal: controller.signal });
         renderPage(body, false);
       } else {
@@ -260,7 +353,41 @@
   });
   $("clear-filters").addEventListener("click", function () {
     ["year_from", "year_to", "journal"].forEach(function (id) { $(id).value = ""; });
+    state.license = "";
     if (state.q) { state.offset = 0; run(true); }
+  });
+
+  // --- the facet sidebar ----------------------------------------------------------------------------
+  function rerun() {
+    if (state.q || state.image) { state.offset = 0; run(true); }
+  }
+  facetBox.addEventListener("change", function (event) {
+    const box = event.target;
+    if (box.name === "type") {
+      if (box.checked) state.types.add(box.value);
+      else state.types.delete(box.value);
+      rerun();
+    } else if (box.id === "single-panel") {
+      state.singlePanel = box.checked;
+      rerun();
+    }
+  });
+  facetBox.addEventListener("click", function (event) {
+    const button = event.target.closest("button.facet-value");
+    if (!button) return;
+    const facet = button.dataset.facet;
+    const value = button.getAttribute("aria-pressed") === "true" ? "" : button.dataset.value;
+    if (facet === "year") { $("year_from").value = value; $("year_to").value = value; }
+    else if (facet === "journal") $("journal").value = value;
+    else state.license = value;
+    rerun();
+  });
+  $("clear-facets").addEventListener("click", function () {
+    ["year_from", "year_to", "journal"].forEach(function (id) { $(id).value = ""; });
+    state.license = "";
+    state.types.clear();
+    state.singlePanel = false;
+    rerun();
   });
   $("prev-page").addEventListener("click", function () {
     state.offset = Math.max(0, state.offset - k());
@@ -281,6 +408,15 @@
     $("year_from").value = params.get("year_from") || "";
     $("year_to").value = params.get("year_to") || "";
     $("journal").value = params.get("journal") || "";
+    state.license = params.get("license") || "";
+    state.types = new Set();
+    params.getAll("type").forEach(function (name) {  // a group name (type=radiology) ticks its types
+      const value = name.trim().toLowerCase();
+      const group = facetBox.querySelector(".facet-group[data-group='" + CSS.escape(value) + "']");
+      if (group) group.querySelectorAll("li[data-type]").forEach(function (li) { state.types.add(li.dataset.type); });
+      else state.types.add(value);
+    });
+    state.singlePanel = params.get("multipanel") === "false";
     state.offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
     const wanted = params.get("mode");
     if (wanted === "text" || wanted === "image") {
